@@ -1,0 +1,24 @@
+"""Console entry points. Each one only hands the command line to the module that does the work."""
+
+import sys
+
+
+def convert() -> None:
+    """`lcmsm-convert`: PyTorch checkpoint -> orbax model checkpoint."""
+    from lcmsm_jax import convert as convert_module
+
+    sys.exit(convert_module.main(sys.argv[1:]))
+
+
+def embed_text() -> None:
+    """`lcmsm-embed-text`: class-name prompts -> frozen OpenCLIP text embeddings (.npz)."""
+    from lcmsm_jax import clip_text
+
+    sys.exit(clip_text.main(sys.argv[1:]))
+
+
+def benchmark() -> None:
+    """`lcmsm-benchmark`: model forward timings, optionally next to PyTorch."""
+    from lcmsm_jax import benchmark as benchmark_module
+
+    sys.exit(benchmark_module.main(sys.argv[1:]))
