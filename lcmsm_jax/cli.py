@@ -22,3 +22,10 @@ def benchmark() -> None:
     from lcmsm_jax import benchmark as benchmark_module
 
     sys.exit(benchmark_module.main(sys.argv[1:]))
+
+
+def prepare() -> None:
+    """`lcmsm-prepare`: validate a dataset layout and write rare-class statistics."""
+    from lcmsm_jax.data import prepare as prepare_module
+
+    sys.exit(prepare_module.main(sys.argv[1:]))
