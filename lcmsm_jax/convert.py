@@ -1,0 +1,429 @@
+"""PyTorch state_dicts -> Segmentor parameters.
+
+Accepted sources (names after stripping `module.`):
+  * NVlabs/mmseg MiT ImageNet checkpoints (`mit_b5.pth`: `patch_embed1.proj.weight`, ...,
+    classifier `head.*` skipped);
+  * Hugging Face SegFormer (`segformer.stages.*` and the older `segformer.encoder.*` names,
+    `decode_head.linear_projections.*` / `decode_head.linear_c.*`);
+  * mmseg segmentors: `backbone.*`, `decode_head.*` (DAFormer head or SegFormer head),
+    `vlc_head.*` (LC-MSM head);
+  * UDA checkpoints: `model.*` (student) or `ema_model.*` (teacher), `text_embed_net.*`;
+    the other copy and `imnet_model.*` are skipped.
+
+Everything else is a rename and a transpose: every source tensor ends up loaded, skipped for
+a stated reason, or reported as unmatched; every model variable is filled or reported
+missing. A shape mismatch is an error naming both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+Array = np.ndarray
+
+# ----------------------------------------------------------------------------- renames
+
+# Hugging Face SegFormer -> mmseg MiT names. Applied in order to names without `segformer.`.
+_HF_BACKBONE_RENAMES = [
+    # transformers >= 5 ("stages")
+    (r"^stages\.(\d+)\.patch_embeddings\.proj\.", lambda m: f"patch_embed{int(m[1]) + 1}.proj."),
+    (
+        r"^stages\.(\d+)\.patch_embeddings\.layer_norm\.",
+        lambda m: f"patch_embed{int(m[1]) + 1}.norm.",
+    ),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"block{int(m[1]) + 1}.{m[2]}."),
+    (r"^stages\.(\d+)\.layer_norm\.", lambda m: f"norm{int(m[1]) + 1}."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.attention\.q_proj\.", ".attn.q."),
+    (r"\.attention\.k_proj\.", ".attn.k."),
+    (r"\.attention\.v_proj\.", ".attn.v."),
+    (r"\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attn.sr."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attn.norm."),
+    # transformers 4.x ("encoder.block")
+    (r"^encoder\.patch_embeddings\.(\d+)\.proj\.", lambda m: f"patch_embed{int(m[1]) + 1}.proj."),
+    (
+        r"^encoder\.patch_embeddings\.(\d+)\.layer_norm\.",
+        lambda m: f"patch_embed{int(m[1]) + 1}.norm.",
+    ),
+    (r"^encoder\.block\.(\d+)\.(\d+)\.", lambda m: f"block{int(m[1]) + 1}.{m[2]}."),
+    (r"^encoder\.layer_norm\.(\d+)\.", lambda m: f"norm{int(m[1]) + 1}."),
+    (r"\.layer_norm_1\.", ".norm1."),
+    (r"\.layer_norm_2\.", ".norm2."),
+    (r"\.attention\.self\.query\.", ".attn.q."),
+    (r"\.attention\.self\.key\.", ".attn.k."),
+    (r"\.attention\.self\.value\.", ".attn.v."),
+    (r"\.attention\.self\.sr\.", ".attn.sr."),
+    (r"\.attention\.self\.layer_norm\.", ".attn.norm."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.mlp\.dense1\.", ".mlp.fc1."),
+    (r"\.mlp\.dense2\.", ".mlp.fc2."),
+]
+
+# All-MLP SegFormer heads (mmseg and HF) -> our DAFormer-head names with `fusion="conv"`.
+_SEGFORMER_HEAD_RENAMES = [
+    (
+        r"^decode_head\.linear_c(\d)\.proj\.",
+        lambda m: f"decode_head.embed_layers.{int(m[1]) - 1}.proj.",
+    ),
+    (r"^decode_head\.linear_c\.(\d+)\.proj\.", r"decode_head.embed_layers.\1.proj."),
+    (r"^decode_head\.linear_projections\.(\d+)\.proj\.", r"decode_head.embed_layers.\1.proj."),
+    (r"^decode_head\.linear_fuse\.conv\.", "decode_head.fuse_layer.conv."),
+    (r"^decode_head\.linear_fuse\.bn\.", "decode_head.fuse_layer.bn."),
+    (r"^decode_head\.linear_fuse\.weight$", "decode_head.fuse_layer.conv.weight"),
+    (r"^decode_head\.batch_norm\.", "decode_head.fuse_layer.bn."),
+    (r"^decode_head\.linear_pred\.", "decode_head.conv_seg."),
+    (r"^decode_head\.classifier\.", "decode_head.conv_seg."),
+]
+
+# Reasons for tensors that are deliberately not loaded.
+_SKIP_RULES = [
+    (r"\.num_batches_tracked$", "BatchNorm step counter (not used by inference or training)"),
+    (r"^backbone\.head\.", "ImageNet classifier of the MiT checkpoint"),
+    (r"^classifier\.", "ImageNet classifier of the SegFormer classification model"),
+    (r"^imnet_model\.", "frozen ImageNet model copy (rebuilt from the backbone)"),
+    (r"^auxiliary_head\.", "auxiliary head (not part of this model)"),
+]
+
+_UDA_PREFIXES = {"student": "model.", "teacher": "ema_model."}
+_HF_MARKERS = ("segformer.", "stages.", "encoder.patch_embeddings.", "encoder.block.")
+_MIT_MARKERS = ("patch_embed1.", "block1.", "norm1.")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What happened to every source tensor and every model variable."""
+
+    loaded: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (source, target)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (source, reason)
+    unmatched: list[str] = dataclasses.field(default_factory=list)  # source names, no target
+    missing: list[str] = dataclasses.field(default_factory=list)  # model variables not filled
+
+    def summary(self) -> str:
+        lines = [
+            f"loaded {len(self.loaded)} tensors; skipped {len(self.skipped)}; "
+            f"unmatched {len(self.unmatched)}; model variables not filled {len(self.missing)}"
+        ]
+        reasons: dict[str, int] = {}
+        for _, reason in self.skipped:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines += [f"  skipped {n:5d} x {reason}" for reason, n in sorted(reasons.items())]
+        lines += [f"  unmatched source tensor: {name}" for name in self.unmatched]
+        groups: dict[str, int] = {}
+        for name in self.missing:
+            top = ".".join(name.split(".")[:1])
+            groups[top] = groups.get(top, 0) + 1
+        lines += [f"  not filled: {n} variables under {top}" for top, n in sorted(groups.items())]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Array]:
+    """Read a `.pth`/`.pt`/`.bin` (needs torch), `.safetensors` or `.npz` into name -> array.
+
+    mmcv checkpoints wrap the tensors in {"state_dict": ..., "meta": ...}; that is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        try:
+            import torch
+        except ImportError as err:
+            raise ImportError(
+                f"reading {path} needs PyTorch; install it or convert the file to .safetensors/.npz"
+            ) from err
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = _unwrap(raw, path)
+        return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+                for k, v in raw.items() if isinstance(v, torch.Tensor)}  # fmt: skip
+    if suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return dict(load_file(str(path)))
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    raise ValueError(
+        f"{path}: unknown checkpoint type {suffix!r}; expected .pth, .safetensors or .npz"
+    )
+
+
+def _unwrap(raw, path: Path) -> Mapping:
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(raw, Mapping) and key in raw and isinstance(raw[key], Mapping):
+            return raw[key]
+    if not isinstance(raw, Mapping):
+        raise ValueError(
+            f"{path}: expected a state_dict (name -> tensor), got {type(raw).__name__}"
+        )
+    return raw
+
+
+# ----------------------------------------------------------------------------- name mapping
+
+
+def _apply(renames, name: str) -> str:
+    for pattern, replacement in renames:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def canonicalize(
+    state_dict: Mapping[str, Array], *, weights: str = "student"
+) -> tuple[dict[str, Array], list[tuple[str, str]]]:
+    """Rename any supported source to mmseg segmentor names.
+
+    Returns (canonical name -> array, [(source name, reason skipped)]). Canonical names are
+    `backbone.*`, `decode_head.*`, `vlc_head.*`, `text_embed_net.*`.
+    """
+    if weights not in _UDA_PREFIXES:
+        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    names = {re.sub(r"^(module\.)+", "", k): k for k in state_dict}
+    skipped: list[tuple[str, str]] = []
+    is_uda = any(n.startswith(("model.", "ema_model.")) for n in names)
+    out: dict[str, Array] = {}
+    for name, original in names.items():
+        value = np.asarray(state_dict[original])
+        if is_uda:
+            wanted, other = (
+                _UDA_PREFIXES[weights],
+                _UDA_PREFIXES["teacher" if weights == "student" else "student"],
+            )
+            if name.startswith(other):
+                skipped.append((original, f"{'teacher' if weights == 'student' else 'student'} "
+                                          "copy (choose with --weights)"))  # fmt: skip
+                continue
+            if name.startswith(wanted):
+                name = name[len(wanted) :]
+        name = _rename_source(name)
+        out_name = name
+        if out_name in out:
+            raise ValueError(f"two source tensors map to {out_name!r} (second: {original!r})")
+        out[out_name] = value
+    out = _merge_key_value(out)
+    out = _reorder_segformer_fuse(out)
+    kept = {}
+    for name, value in out.items():
+        reason = next((r for pattern, r in _SKIP_RULES if re.search(pattern, name)), None)
+        if reason is None:
+            kept[name] = value
+        else:
+            skipped.append((name, reason))
+    return kept, skipped
+
+
+def _rename_source(name: str) -> str:
+    """One source name (without UDA prefix) -> canonical mmseg name."""
+    if name.startswith(_HF_MARKERS):
+        name = name.removeprefix("segformer.")
+        return "backbone." + _apply(_HF_BACKBONE_RENAMES, name)
+    if name.startswith(_MIT_MARKERS) or name.startswith(("patch_embed", "block", "norm", "head.")):
+        return "backbone." + name
+    if name.startswith("decode_head."):
+        return _apply(_SEGFORMER_HEAD_RENAMES, name)
+    return name
+
+
+def _merge_key_value(tensors: dict[str, Array]) -> dict[str, Array]:
+    """Concatenate separate key/value projections (HF) into mmseg's single `kv` Linear."""
+    out = {}
+    for name, value in tensors.items():
+        match = re.match(r"^(.*\.attn)\.([kv])\.(weight|bias)$", name)
+        if match is None:
+            out[name] = value
+            continue
+        prefix, which, kind = match.groups()
+        if which == "v":
+            continue
+        partner = f"{prefix}.v.{kind}"
+        if partner not in tensors:
+            raise ValueError(f"{name!r} has no matching value projection {partner!r}")
+        out[f"{prefix}.kv.{kind}"] = np.concatenate([value, tensors[partner]], axis=0)
+    orphans = [n for n in tensors if re.match(r"^.*\.attn\.v\.(weight|bias)$", n)
+               and n.replace(".attn.v.", ".attn.k.") not in tensors]  # fmt: skip
+    if orphans:
+        raise ValueError(f"value projection without key projection: {orphans[0]!r}")
+    return out
+
+
+def _reorder_segformer_fuse(tensors: dict[str, Array]) -> dict[str, Array]:
+    """SegFormer concatenates levels c4..c1 before its 1x1 fuse conv; we concatenate c1..c4.
+
+    Reversing the conv's input-channel blocks makes the two orders compute the same thing.
+    """
+    name = "decode_head.fuse_layer.conv.weight"
+    if name not in tensors or "decode_head.fuse_layer.aspp_modules.0.conv.weight" in tensors:
+        return tensors
+    weight = tensors[name]
+    levels = [k for k in tensors if re.match(r"^decode_head\.embed_layers\.\d+\.proj\.weight$", k)]
+    if weight.ndim != 4 or not levels or weight.shape[2:] != (1, 1):
+        return tensors
+    blocks = np.split(weight, len(levels), axis=1)
+    return {**tensors, name: np.concatenate(blocks[::-1], axis=1)}
+
+
+def _target_path(name: str) -> tuple[tuple, str] | None:
+    """Canonical torch name -> (our module path, torch parameter kind)."""
+    name = name.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")
+    name = name.replace(".spatial_block.depthwise.depthwise.", ".spatial_block.")
+    parts = name.split(".")
+    if len(parts) < 2:
+        return None
+    path = tuple(int(p) if p.isdigit() else p for p in parts[:-1])
+    return path, parts[-1]
+
+
+_KIND_TO_LEAF = {
+    "weight": ("kernel", "scale"),
+    "bias": ("bias",),
+    "running_mean": ("mean",),
+    "running_var": ("var",),
+}
+
+
+def _to_flax_layout(value: Array, target_shape: tuple[int, ...]) -> Array:
+    """torch layouts -> ours: Linear (out, in) -> (in, out); conv OIHW -> HWIO (which also
+    turns a depthwise (C, 1, k, k) into (k, k, 1, C))."""
+    if value.ndim == 2 and len(target_shape) == 2:
+        return value.T
+    if value.ndim == 4 and len(target_shape) == 4:
+        return value.transpose(2, 3, 1, 0)
+    return value
+
+
+def _model_variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
+    params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
+    return dict(nnx.to_flat_state(params)) | dict(nnx.to_flat_state(stats))
+
+
+def load_torch_state_dict(
+    model: nnx.Module,
+    state_dict: Mapping[str, Array],
+    *,
+    weights: str = "student",
+    strict: bool = False,
+) -> ConversionReport:
+    """Fill `model` (in place) from a PyTorch state_dict of name -> array.
+
+    Args:
+      model: a `Segmentor` (or any module using the same attribute names).
+      state_dict: source tensors, any naming scheme listed in this module's docstring.
+      weights: for UDA checkpoints, "student" (`model.*`) or "teacher" (`ema_model.*`).
+      strict: raise if a source tensor matches nothing or a model variable stays unfilled.
+    Returns:
+      A ConversionReport. Raises ValueError on a shape mismatch, naming both tensors.
+    """
+    tensors, skipped = canonicalize(state_dict, weights=weights)
+    variables = _model_variables(model)
+    report = ConversionReport(skipped=skipped)
+    filled: dict[tuple, Array] = {}
+    for name, value in sorted(tensors.items()):
+        target = _target_path(name)
+        if target is None:
+            report.unmatched.append(name)
+            continue
+        path, kind = target
+        leaf = next(
+            (leaf for leaf in _KIND_TO_LEAF.get(kind, ()) if path + (leaf,) in variables), None
+        )
+        if leaf is None:
+            report.unmatched.append(name)
+            continue
+        full = path + (leaf,)
+        expected = tuple(variables[full].shape)
+        converted = _to_flax_layout(value, expected)
+        if tuple(converted.shape) != expected:
+            raise ValueError(
+                f"shape mismatch: source {name!r} {tuple(value.shape)} -> model "
+                f"{_dotted(full)!r} expects {expected} (after layout conversion: "
+                f"{tuple(converted.shape)})"
+            )
+        filled[full] = converted.astype(variables[full].dtype)
+        report.loaded.append((name, _dotted(full)))
+    report.missing = sorted(_dotted(p) for p in variables if p not in filled)
+    if strict and (report.unmatched or report.missing):
+        raise ValueError("strict conversion failed:\n" + report.summary())
+    _assign(model, filled)
+    return report
+
+
+def _assign(model: nnx.Module, filled: dict[tuple, Array]) -> None:
+    state = nnx.state(model)
+    flat = []
+    for path, variable in nnx.to_flat_state(state):
+        if path in filled:
+            variable = variable.replace(filled[path])
+        flat.append((path, variable))
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lcmsm-convert --config C.py --torch-checkpoint F.pth --workdir DIR [--weights ...]`."""
+    from absl import flags
+
+    from lcmsm_jax import checkpoint, config_cli, models
+
+    def define(fv: flags.FlagValues) -> None:
+        flags.DEFINE_string("torch_checkpoint", None, "PyTorch .pth, .safetensors or .npz file.",
+                            flag_values=fv)  # fmt: skip
+        flags.DEFINE_string("workdir", None, "Run directory; weights go to <workdir>/converted.",
+                            flag_values=fv)  # fmt: skip
+        flags.DEFINE_enum("weights", "student", ["student", "teacher"],
+                          "For UDA checkpoints: student (model.*) or EMA teacher (ema_model.*).",
+                          flag_values=fv)  # fmt: skip
+        flags.DEFINE_bool("strict", False, "Fail if any tensor or model variable is left over.",
+                          flag_values=fv)  # fmt: skip
+        flags.DEFINE_integer("seed", 0, "Seed for variables the checkpoint does not fill.",
+                             flag_values=fv)  # fmt: skip
+
+    try:
+        flag_values = config_cli.parse(
+            "lcmsm-convert", argv, define, required=("torch_checkpoint", "workdir")
+        )
+    except config_cli.UsageError as err:
+        print(err)
+        return 2
+    config = flag_values.config
+    model = models.Segmentor(config.model, rngs=nnx.Rngs(flag_values.seed))
+    source = read_state_dict(flag_values.torch_checkpoint)
+    print(f"read {len(source)} tensors from {flag_values.torch_checkpoint}")
+    report = load_torch_state_dict(
+        model, source, weights=flag_values.weights, strict=flag_values.strict
+    )
+    print(report.summary())
+    target = Path(flag_values.workdir) / "converted"
+    checkpoint.save_model(
+        target,
+        model,
+        metadata={
+            "source": str(Path(flag_values.torch_checkpoint).resolve()),
+            "weights": flag_values.weights,
+            "report": report.to_json(),
+            "config": json.loads(config.to_json_best_effort()),
+        },
+    )
+    print(f"wrote {target}")
+    return 0

@@ -1,0 +1,223 @@
+"""Building blocks shared by the backbone and the heads (NHWC, explicit RNG keys).
+
+PyTorch conventions are kept where they change numbers: BatchNorm momentum 0.1 with an
+unbiased running variance, torch's default Linear initialisation, Dropout2d dropping whole
+channels, DropPath dropping whole samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DEPTHWISE_IMPLS = ("auto", "conv", "shifted_sum")
+
+
+# --------------------------------------------------------------------------- initialisers
+
+
+def torch_linear_kernel_init() -> nnx.Initializer:
+    """torch.nn.Linear / Conv2d default weight init: U(+-1/sqrt(fan_in))."""
+    return jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> nnx.Initializer:
+    """torch's default bias init: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def kaiming_fan_out_init() -> nnx.Initializer:
+    """Kaiming normal, mode fan_out, ReLU gain (mmcv ConvModule)."""
+    return jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_linear(
+    in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32
+) -> nnx.Linear:
+    """A Linear with PyTorch's default initialisation (weight and bias U(+-1/sqrt(fan_in)))."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=torch_linear_kernel_init(),
+        bias_init=torch_bias_init(in_features),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+# --------------------------------------------------------------------------- depthwise conv
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """Pick the depthwise formulation for the current backend.
+
+    XLA:CPU runs grouped convolutions (`feature_group_count=C`) far slower than a sum of
+    k*k shifted, scaled copies of the input; on GPU/TPU the convolution is the fast one.
+    `tools/benchmark.py --depthwise` measures both on the machine at hand.
+    """
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "shifted_sum" if jax.default_backend() == "cpu" else "conv"
+    return impl
+
+
+def depthwise_conv2d(
+    x: jax.Array, kernel: jax.Array, *, dilation: int = 1, impl: str = "auto"
+) -> jax.Array:
+    """Stride-1 'same' depthwise convolution with zero padding.
+
+    Args:
+      x: [B, H, W, C] input.
+      kernel: [k, k, 1, C] (lax HWIO layout with one input channel per group); k odd.
+      dilation: kernel dilation; the padding is dilation * (k // 2) on every side.
+      impl: "conv" (grouped lax convolution), "shifted_sum" or "auto".
+    Returns:
+      [B, H, W, C].
+    """
+    size = kernel.shape[0]
+    pad = dilation * (size // 2)
+    kernel = kernel.astype(x.dtype)
+    if resolve_depthwise_impl(impl) == "conv":
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(1, 1),
+            padding=((pad, pad), (pad, pad)),
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+    height, width = x.shape[1], x.shape[2]
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = None
+    for i in range(size):
+        for j in range(size):
+            window = padded[
+                :, i * dilation : i * dilation + height, j * dilation : j * dilation + width
+            ]
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nnx.Module):
+    """k x k depthwise convolution (groups = channels), stride 1, 'same' zero padding."""
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        *,
+        dilation: int = 1,
+        use_bias: bool = True,
+        impl: str = "auto",
+        kernel_init: nnx.Initializer,
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        resolve_depthwise_impl(impl)  # fail early on a bad name
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel_size, kernel_size, 1, channels)))
+        self.bias = (
+            nnx.Param(torch_bias_init(kernel_size * kernel_size)(rngs.params(), (channels,)))
+            if use_bias
+            else None
+        )
+        self.dilation = dilation
+        self.impl = impl
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C] -> [B, H, W, C]."""
+        y = depthwise_conv2d(
+            x.astype(self.dtype), self.kernel[...], dilation=self.dilation, impl=self.impl
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
+        return y
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over [B, H, W] per channel with PyTorch's semantics.
+
+    Training mode normalises with the biased batch variance and updates the running
+    variance with the unbiased one (momentum 0.1, torch convention). Under `jax.jit` over a
+    globally sharded batch the statistics are global, i.e. synchronised across devices.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.eps = eps
+        self.momentum = momentum
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """[..., C] -> [..., C]; `train` uses batch statistics and updates the running ones."""
+        reduce_axes = tuple(range(x.ndim - 1))
+        if train:
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axis=reduce_axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
+            count = math.prod(x.shape[:-1])
+            unbiased = var * (count / max(count - 1, 1))
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+            self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+        else:
+            mean, var = self.mean[...], self.var[...]
+        inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        return (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+def layer_norm(num_features: int, eps: float, *, rngs: nnx.Rngs, dtype: jnp.dtype) -> nnx.LayerNorm:
+    """LayerNorm with two-pass variance, as torch computes it (better float32 parity)."""
+    return nnx.LayerNorm(num_features, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+# --------------------------------------------------------------------------- stochastic layers
+
+
+def channel_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Dropout2d on NHWC: zero whole channels per sample, rescale the rest by 1/(1-rate).
+
+    `key=None` (or rate 0) means deterministic (eval mode).
+    """
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0], 1, 1, x.shape[-1]))
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth on a residual branch [B, ...]: keep a sample with prob 1-rate, rescale."""
+    if key is None or rate == 0.0:
+        return x
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Bilinear resize of [B, H, W, C] to [B, *size, C] with align_corners=False semantics.
+
+    No antialiasing, so downscaling matches torch's F.interpolate too (METHOD.md §8 #30).
+    """
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    return jax.image.resize(
+        x, (x.shape[0], size[0], size[1], x.shape[-1]), method="bilinear", antialias=False
+    )

@@ -1,0 +1,241 @@
+"""Mix Transformer (MiT-B0..B5), the SegFormer encoder, in NHWC (METHOD.md §2.1).
+
+Attribute names follow the NVlabs/mmseg implementation (`patch_embed1`, `block1.0.attn.kv`,
+`norm1`, ...) so that converting a PyTorch checkpoint is a rename-and-transpose table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lcmsm_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class MiTVariant:
+    """Per-stage widths and depths of one MiT size."""
+
+    embed_dims: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    mlp_ratio: int = 4
+
+
+MIT_VARIANTS: dict[str, MiTVariant] = {
+    "mit_b0": MiTVariant((32, 64, 160, 256), (2, 2, 2, 2)),
+    "mit_b1": MiTVariant((64, 128, 320, 512), (2, 2, 2, 2)),
+    "mit_b2": MiTVariant((64, 128, 320, 512), (3, 4, 6, 3)),
+    "mit_b3": MiTVariant((64, 128, 320, 512), (3, 4, 18, 3)),
+    "mit_b4": MiTVariant((64, 128, 320, 512), (3, 8, 27, 3)),
+    "mit_b5": MiTVariant((64, 128, 320, 512), (3, 6, 40, 3)),
+}
+
+# LayerNorm epsilons of the reference: patch-embedding and spatial-reduction norms use
+# torch's default, the block and end-of-stage norms 1e-6.
+PATCH_NORM_EPS = 1e-5
+SR_NORM_EPS = 1e-5
+BLOCK_NORM_EPS = 1e-6
+
+
+def _mit_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype) -> nnx.Linear:
+    # mmseg MiT: trunc_normal(std=0.02) weights, zero bias.
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=jax.nn.initializers.truncated_normal(0.02),
+        bias_init=jax.nn.initializers.zeros,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def _mit_conv_init(fan_out: int) -> nnx.Initializer:
+    # mmseg MiT: N(0, sqrt(2 / fan_out)) with fan_out = k*k*out/groups.
+    return jax.nn.initializers.normal(math.sqrt(2.0 / fan_out))
+
+
+class OverlapPatchEmbed(nnx.Module):
+    """Strided conv (kernel 7/stride 4 or kernel 3/stride 2, padding k//2) + LayerNorm."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int, *, rngs, dtype):
+        pad = patch_size // 2
+        self.proj = nnx.Conv(
+            in_channels,
+            dim,
+            (patch_size, patch_size),
+            strides=(stride, stride),
+            padding=((pad, pad), (pad, pad)),
+            kernel_init=_mit_conv_init(patch_size * patch_size * dim),
+            bias_init=jax.nn.initializers.zeros,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.norm = layers.layer_norm(dim, PATCH_NORM_EPS, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C_in] -> [B, H/s, W/s, C]."""
+        return self.norm(self.proj(x))
+
+
+class EfficientAttention(nnx.Module):
+    """Multi-head self-attention whose keys/values come from a spatially reduced map."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, *, rngs, dtype):
+        self.num_heads = num_heads
+        self.q = _mit_linear(dim, dim, rngs=rngs, dtype=dtype)
+        self.kv = _mit_linear(dim, 2 * dim, rngs=rngs, dtype=dtype)
+        self.proj = _mit_linear(dim, dim, rngs=rngs, dtype=dtype)
+        if sr_ratio > 1:
+            self.sr = nnx.Conv(
+                dim,
+                dim,
+                (sr_ratio, sr_ratio),
+                strides=(sr_ratio, sr_ratio),
+                padding="VALID",
+                kernel_init=_mit_conv_init(sr_ratio * sr_ratio * dim),
+                bias_init=jax.nn.initializers.zeros,
+                dtype=dtype,
+                rngs=rngs,
+            )
+            self.norm = layers.layer_norm(dim, SR_NORM_EPS, rngs=rngs, dtype=dtype)
+        else:
+            self.sr = None
+            self.norm = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C] -> [B, H, W, C] (attention over the H*W tokens)."""
+        batch, height, width, dim = x.shape
+        head_dim = dim // self.num_heads
+        q = self.q(x).reshape(batch, height * width, self.num_heads, head_dim)
+        context = x if self.sr is None else self.norm(self.sr(x))
+        kv = self.kv(context).reshape(batch, -1, 2, self.num_heads, head_dim)
+        out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1])
+        return self.proj(out.reshape(batch, height, width, dim))
+
+
+class MixFFN(nnx.Module):
+    """fc1 -> depthwise 3x3 conv -> GELU (erf) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, *, depthwise_impl: str, rngs, dtype):
+        self.fc1 = _mit_linear(dim, hidden, rngs=rngs, dtype=dtype)
+        self.dwconv = layers.DepthwiseConv(
+            hidden,
+            3,
+            impl=depthwise_impl,
+            kernel_init=_mit_conv_init(9),
+            rngs=rngs,
+            dtype=dtype,
+        )
+        self.dwconv.bias[...] = jnp.zeros_like(self.dwconv.bias[...])
+        self.fc2 = _mit_linear(hidden, dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C] -> [B, H, W, C]."""
+        return self.fc2(jax.nn.gelu(self.dwconv(self.fc1(x)), approximate=False))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block with stochastic depth on both residual branches."""
+
+    def __init__(
+        self, dim, num_heads, sr_ratio, mlp_ratio, drop_path_rate, *, depthwise_impl, rngs, dtype
+    ):
+        self.norm1 = layers.layer_norm(dim, BLOCK_NORM_EPS, rngs=rngs, dtype=dtype)
+        self.attn = EfficientAttention(dim, num_heads, sr_ratio, rngs=rngs, dtype=dtype)
+        self.norm2 = layers.layer_norm(dim, BLOCK_NORM_EPS, rngs=rngs, dtype=dtype)
+        self.mlp = MixFFN(
+            dim, dim * mlp_ratio, depthwise_impl=depthwise_impl, rngs=rngs, dtype=dtype
+        )
+        self.drop_path_rate = drop_path_rate
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+        """[B, H, W, C] -> [B, H, W, C]; `rng=None` disables drop path."""
+        attn_key = mlp_key = None
+        if rng is not None:
+            attn_key, mlp_key = jax.random.split(rng)
+        x = x + layers.drop_path(self.attn(self.norm1(x)), self.drop_path_rate, attn_key)
+        return x + layers.drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, mlp_key)
+
+
+class MixVisionTransformer(nnx.Module):
+    """The four-stage MiT encoder; returns maps at strides 4, 8, 16, 32."""
+
+    def __init__(
+        self,
+        variant: str,
+        *,
+        in_channels: int = 3,
+        drop_path_rate: float = 0.1,
+        depthwise_impl: str = "auto",
+        rngs: nnx.Rngs,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        if variant not in MIT_VARIANTS:
+            raise ValueError(
+                f"unknown MiT variant {variant!r}; expected one of {sorted(MIT_VARIANTS)}"
+            )
+        spec = MIT_VARIANTS[variant]
+        self.embed_dims = spec.embed_dims
+        total_blocks = sum(spec.depths)
+        # Drop-path rate rises linearly over all blocks, counted globally across stages.
+        rates = [drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
+        block_index = 0
+        previous = in_channels
+        for stage, (dim, depth) in enumerate(
+            zip(spec.embed_dims, spec.depths, strict=True), start=1
+        ):
+            patch, stride = (7, 4) if stage == 1 else (3, 2)
+            setattr(
+                self,
+                f"patch_embed{stage}",
+                OverlapPatchEmbed(previous, dim, patch, stride, rngs=rngs, dtype=dtype),
+            )
+            blocks = []
+            for _ in range(depth):
+                blocks.append(
+                    Block(
+                        dim,
+                        spec.num_heads[stage - 1],
+                        spec.sr_ratios[stage - 1],
+                        spec.mlp_ratio,
+                        rates[block_index],
+                        depthwise_impl=depthwise_impl,
+                        rngs=rngs,
+                        dtype=dtype,
+                    )
+                )
+                block_index += 1
+            setattr(self, f"block{stage}", nnx.List(blocks))
+            setattr(
+                self, f"norm{stage}", layers.layer_norm(dim, BLOCK_NORM_EPS, rngs=rngs, dtype=dtype)
+            )
+            previous = dim
+
+    def __call__(self, images: jax.Array, *, rng: jax.Array | None = None) -> list[jax.Array]:
+        """Encode images.
+
+        Args:
+          images: [B, H, W, 3] normalised.
+          rng: key for drop path (training); None = deterministic.
+        Returns:
+          Four maps [B, H/4, W/4, C1], [B, H/8, W/8, C2], [B, H/16, W/16, C3], [B, H/32, W/32, C4]
+          (ceil division for sizes that are not multiples of 32).
+        """
+        features = []
+        x = images
+        block_index = 0
+        for stage in range(1, 5):
+            x = getattr(self, f"patch_embed{stage}")(x)
+            for block in getattr(self, f"block{stage}"):
+                key = None if rng is None else jax.random.fold_in(rng, block_index)
+                x = block(x, key)
+                block_index += 1
+            x = getattr(self, f"norm{stage}")(x)
+            features.append(x)
+        return features

@@ -1,0 +1,251 @@
+"""Hand-checkable tests of the model pieces and the public Segmentor API."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lcmsm_jax import models
+from lcmsm_jax.models import heads, layers
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
+import base  # noqa: E402
+
+
+def tiny_config():
+    cfg = base.model_config()
+    cfg.backbone = "mit_b0"
+    for head in (cfg.decode_head, cfg.lcmsm_head):
+        head.embed_dim = 16
+        head.channels = 16
+    cfg.text_dim = 12
+    return cfg
+
+
+# ----------------------------------------------------------------------------- depthwise conv
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 6])
+def test_depthwise_formulations_agree(dilation):
+    rng = np.random.default_rng(dilation)
+    x = rng.standard_normal((2, 13, 17, 5)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 1, 5)).astype(np.float32)
+    conv = layers.depthwise_conv2d(x, kernel, dilation=dilation, impl="conv")
+    shifted = layers.depthwise_conv2d(x, kernel, dilation=dilation, impl="shifted_sum")
+    np.testing.assert_allclose(conv, shifted, rtol=1e-5, atol=1e-5)
+    # One output pixel by hand: zero-padded, dilated 3x3 cross-correlation.
+    padded = np.pad(x, ((0, 0), (dilation, dilation), (dilation, dilation), (0, 0)))
+    i, j = 6, 8
+    want = sum(
+        padded[:, i + a * dilation, j + b * dilation] * kernel[a, b, 0]
+        for a in range(3)
+        for b in range(3)
+    )
+    np.testing.assert_allclose(shifted[:, i, j], want, rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_impl_is_validated():
+    with pytest.raises(ValueError, match="depthwise_impl must be one of"):
+        layers.resolve_depthwise_impl("fft")
+    assert layers.resolve_depthwise_impl("auto") in ("conv", "shifted_sum")
+
+
+def test_mit_with_either_depthwise_impl_gives_the_same_features():
+    x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
+    outs = []
+    for impl in ("conv", "shifted_sum"):
+        mit = models.MixVisionTransformer("mit_b0", depthwise_impl=impl, rngs=nnx.Rngs(0))
+        outs.append(mit(x))
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def test_batchnorm_train_and_eval_modes():
+    rng = np.random.default_rng(0)
+    x = (3.0 + 2.0 * rng.standard_normal((4, 5, 6, 3))).astype(np.float32)
+    bn = layers.BatchNorm(3)
+    bn.scale[...] = jnp.array([1.0, 2.0, 0.5])
+    bn.bias[...] = jnp.array([0.0, 1.0, -1.0])
+    y = bn(x, train=True)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    want = (x - mean) / np.sqrt(var + 1e-5) * np.array([1.0, 2.0, 0.5]) + np.array([0.0, 1.0, -1.0])
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    n = x.size // 3
+    np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+    # Eval mode uses the running statistics and leaves them alone.
+    running_mean, running_var = np.array(bn.mean[...]), np.array(bn.var[...])
+    y_eval = bn(x, train=False)
+    want_eval = (x - running_mean) / np.sqrt(running_var + 1e-5) * np.array(
+        [1.0, 2.0, 0.5]
+    ) + np.array([0.0, 1.0, -1.0])
+    np.testing.assert_allclose(y_eval, want_eval, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(bn.mean[...], running_mean)
+
+
+# ----------------------------------------------------------------------------- stochastic layers
+
+
+def test_channel_dropout_drops_whole_channels():
+    x = jnp.ones((4, 8, 8, 32))
+    y = np.asarray(layers.channel_dropout(x, 0.5, jax.random.key(0)))
+    per_channel = y.reshape(4, 64, 32)
+    # Every (sample, channel) is constant over space: either all 0 or all 1/(1-p) = 2.
+    assert np.all(per_channel.min(axis=1) == per_channel.max(axis=1))
+    assert set(np.unique(y)) == {0.0, 2.0}
+    assert 0.2 < (y == 0).mean() < 0.8
+    np.testing.assert_array_equal(layers.channel_dropout(x, 0.5, None), x)
+
+
+def test_drop_path_drops_whole_samples():
+    x = jnp.ones((64, 10, 4))
+    y = np.asarray(layers.drop_path(x, 0.25, jax.random.key(1)))
+    per_sample = y.reshape(64, -1)
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
+    np.testing.assert_array_equal(layers.drop_path(x, 0.25, None), x)
+
+
+def test_mit_drop_path_rates_rise_linearly_over_all_blocks():
+    mit = nnx.eval_shape(lambda: models.MixVisionTransformer("mit_b5", rngs=nnx.Rngs(0)))
+    rates = [b.drop_path_rate for s in range(1, 5) for b in getattr(mit, f"block{s}")]
+    assert len(rates) == 52
+    np.testing.assert_allclose(rates, np.linspace(0.0, 0.1, 52))
+
+
+# ----------------------------------------------------------------------------- LC-MSM head
+
+
+def test_correlation_of_unit_vectors_is_cosine_over_tau():
+    theta = np.array([0.0, 0.3, 1.2, np.pi / 2, np.pi])
+    text = np.stack([np.cos(theta), np.sin(theta)], axis=-1)  # [5, 2] unit vectors
+    pixels = np.array([[[[3.0, 0.0], [0.0, 0.5]]]])  # [1, 1, 2, 2]: x-axis and y-axis, scaled
+    maps = np.asarray(heads.text_pixel_correlation(pixels, 7.0 * text, logit_scale=1 / 0.07))
+    np.testing.assert_allclose(maps[0, 0, 0], np.cos(theta) / 0.07, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(maps[0, 0, 1], np.sin(theta) / 0.07, rtol=1e-6, atol=1e-5)
+
+
+def test_spatial_block_on_one_hot_input():
+    block = heads.SpatialBlock("bottleneck", "relu", rngs=nnx.Rngs(0))
+    kernel = np.arange(9, dtype=np.float32).reshape(3, 3) - 4.0
+    block.kernel[...] = kernel.reshape(3, 3, 1, 1)
+    block.bias[...] = jnp.array([0.25])
+    x = np.zeros((1, 5, 5, 3), np.float32)
+    x[0, 2, 2, 1] = 1.0  # one-hot at the centre, class 1
+    y = np.asarray(block(x, activate=False))
+    pixel_max = x.max(axis=-1)[0]  # 1 at the centre only
+    # Cross-correlation of a delta: class-1 map shows the kernel flipped around the centre.
+    want_class1 = np.zeros((5, 5), np.float32)
+    want_class1[1:4, 1:4] = kernel[::-1, ::-1]
+    np.testing.assert_allclose(y[0, :, :, 1], want_class1 + 0.25 + pixel_max, atol=1e-6)
+    for other in (0, 2):  # the other class maps only get the bias and the max over classes
+        np.testing.assert_allclose(y[0, :, :, other], 0.25 + pixel_max, atol=1e-6)
+    np.testing.assert_allclose(block(x, activate=True), np.maximum(y, 0.0), atol=1e-6)
+    depthwise = heads.SpatialBlock("depthwise", "relu", rngs=nnx.Rngs(0))
+    depthwise.kernel[...], depthwise.bias[...] = block.kernel[...], block.bias[...]
+    np.testing.assert_allclose(
+        depthwise(x, activate=False), y - pixel_max[None, :, :, None], atol=1e-6
+    )
+
+
+def test_lcmsm_head_applies_the_block_depth_times_last_without_activation():
+    head = heads.LCMSMHead((4, 4, 4, 4), 3, embed_dim=4, channels=4, block_depth=3,
+                           rngs=nnx.Rngs(0))  # fmt: skip
+    fused = np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    text = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    maps = heads.text_pixel_correlation(fused, text, 1 / 0.07)
+    want = head.spatial_block(head.spatial_block(maps, activate=True), activate=True)
+    want = head.spatial_block(want, activate=False)
+    np.testing.assert_allclose(head.correlate(fused, text), want, rtol=1e-6)
+    assert head.logit_scale == pytest.approx(1 / 0.07)
+    # The scale is a constant, not a trainable parameter.
+    names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(head, nnx.Param))}
+    assert not any("logit_scale" in n for n in names)
+
+
+# ----------------------------------------------------------------------------- Segmentor API
+
+
+def test_segmentor_public_api():
+    model = models.Segmentor(tiny_config(), rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).standard_normal((2, 64, 96, 3)).astype(np.float32)
+    text = np.random.default_rng(1).standard_normal((19, 12)).astype(np.float32)
+    out = model(images, text, train=False)
+    assert out["decode"].shape == (2, 16, 24, 19)
+    assert out["lcmsm"].shape == (2, 16, 24, 19)
+    assert [f.shape for f in out["features"]] == [
+        (2, 16, 24, 32), (2, 8, 12, 64), (2, 4, 6, 160), (2, 2, 3, 256)
+    ]  # fmt: skip
+    feats = model.project_text(text)
+    assert feats.shape == (19, 16)
+    again = model(images, text_features=feats, train=False)
+    np.testing.assert_allclose(again["lcmsm"], out["lcmsm"], rtol=1e-6)
+    only = model(images, heads=("decode",))
+    assert set(only) == {"decode", "features"}
+    with pytest.raises(ValueError, match="needs text_embeddings or text_features"):
+        model(images, heads=("lcmsm",))
+    with pytest.raises(ValueError, match=r"text embeddings must be \[num_classes, 12\]"):
+        model.project_text(text[:, :5])
+    with pytest.raises(ValueError, match="unknown heads"):
+        model(images, text, heads=("aux",))
+
+
+def test_segmentor_training_mode_randomness_is_explicit():
+    model = models.Segmentor(tiny_config(), rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    text = np.ones((19, 12), np.float32)
+    graphdef, state = nnx.split(model)
+
+    def run(key):
+        m = nnx.merge(graphdef, state)
+        return m(images, text, train=True, rng=key)["decode"]
+
+    a, b = run(jax.random.key(0)), run(jax.random.key(0))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, run(jax.random.key(1)))
+    np.testing.assert_array_equal(run(None), run(None))
+
+
+def test_mit_b5_with_both_heads_at_512_shapes():
+    """The paper's model, traced abstractly (no memory): logits at stride 4, 531-ch classifier."""
+    cfg = base.model_config()
+    model = nnx.eval_shape(lambda: models.Segmentor(cfg, rngs=nnx.Rngs(0)))
+    assert model.vlc_head.conv_seg.kernel.shape == (1, 1, 512 + 19, 19)
+    graphdef, state = nnx.split(model)
+
+    def forward(state, images, text):
+        return nnx.merge(graphdef, state)(images, text)
+
+    out = jax.eval_shape(
+        forward,
+        state,
+        jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32),
+        jax.ShapeDtypeStruct((19, 1024), jnp.float32),
+    )
+    assert out["decode"].shape == (2, 128, 128, 19)
+    assert out["lcmsm"].shape == (2, 128, 128, 19)
+    assert [f.shape[1:] for f in out["features"]] == [
+        (128, 128, 64), (64, 64, 128), (32, 32, 320), (16, 16, 512)
+    ]  # fmt: skip
+
+
+def test_bad_model_config_names_the_field():
+    cfg = tiny_config()
+    cfg.backbone = "mit_b9"
+    with pytest.raises(ValueError, match="unknown MiT variant 'mit_b9'"):
+        models.Segmentor(cfg, rngs=nnx.Rngs(0))
+    cfg = tiny_config()
+    cfg.decode_head.fusion = "psp"
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        models.Segmentor(cfg, rngs=nnx.Rngs(0))
+    cfg = tiny_config()
+    cfg.dtype = "float64"
+    with pytest.raises(ValueError, match="config.model.dtype"):
+        models.Segmentor(cfg, rngs=nnx.Rngs(0))
