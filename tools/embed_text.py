@@ -1,0 +1,13 @@
+"""Compute frozen OpenCLIP text embeddings of class names (same as `lcmsm-embed-text`).
+
+Example (the paper's embeddings):
+    python tools/embed_text.py --classes cityscapes --model ViT-H-14 \
+        --pretrained laion2b_s32b_b79k --out text/cityscapes_vith14.npz
+"""
+
+import sys
+
+from lcmsm_jax import clip_text
+
+if __name__ == "__main__":
+    sys.exit(clip_text.main(sys.argv[1:]))
