@@ -14,6 +14,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -118,10 +119,8 @@ def benchmark_depthwise(*, repeats: int, compare_torch: bool) -> dict:
         kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, shape[-1]))
         row = {}
         for impl in ("conv", "shifted_sum"):
-            fn = jax.jit(
-                lambda x, k, impl=impl: layers.depthwise_conv2d(x, k, dilation=dilation, impl=impl)
-            )
-            row[f"jax_{impl}_ms"] = 1e3 * time_call(lambda fn=fn: fn(x, kernel), repeats=repeats)
+            fn = jax.jit(partial(layers.depthwise_conv2d, dilation=dilation, impl=impl))
+            row[f"jax_{impl}_ms"] = 1e3 * time_call(partial(fn, x, kernel), repeats=repeats)
         if compare_torch:
             import torch
 
