@@ -1,0 +1,152 @@
+"""Per-image numpy transforms: keep-ratio resize, crop, flip, normalise, pad (METHOD.md §4.1-4.2).
+
+Sizes are `(height, width)` throughout. Images are uint8 `[H, W, 3]` RGB until `normalize`;
+labels are uint8 `[H, W]` trainIds with 255 = ignore.
+
+The resize follows the reference (OpenCV via mmcv): bilinear images without anti-aliasing,
+sampled at pixel centres, in 11-bit fixed point with rounding; nearest-neighbour labels with
+OpenCV's `floor(dst * in / out)` source index. Because each output pixel depends only on its own
+source neighbourhood, `resize_image(..., box=...)` computes just a window of the resized
+image, bit-identical to resizing everything and cropping afterwards; training only ever
+resamples the final 512x512 crop.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from lcmsm_jax.data.labels import IGNORE_INDEX
+
+MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
+STD_RGB = np.array([58.395, 57.12, 57.375], np.float32)
+
+# OpenCV's INTER_LINEAR weights for 8-bit images are integers scaled by 2**11.
+_COEF_BITS = 11
+_COEF_SCALE = 1 << _COEF_BITS
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A crop window: rows [top, top + height), columns [left, left + width)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+
+def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """Size after mmcv keep-ratio rescaling to fit inside `scale` (order of `scale` irrelevant).
+
+    factor = min(long_target / long_side, short_target / short_side); each side becomes
+    int(side * factor + 0.5). GTA5 1052x1914 into (1280, 720) -> (704, 1280).
+    """
+    long_target, short_target = max(scale), min(scale)
+    factor = min(long_target / max(height, width), short_target / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices i0, i1 `[n_out]` and fixed-point weight of i1 `[n_out]` (OpenCV rule)."""
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i0 = np.floor(pos).astype(np.intp)
+    frac = pos - i0
+    # Left of the first pixel centre OpenCV clamps to pixel 0 with full weight.
+    frac = np.where(i0 < 0, 0.0, frac)
+    i0 = np.clip(i0, 0, n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = np.round(frac * _COEF_SCALE).astype(np.int32)
+    return i0, i1, w1
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], box: Box | None = None) -> np.ndarray:
+    """Bilinear resize of uint8 `[H, W, C]` to `size` = (h, w); returns `[h, w, C]` uint8.
+
+    With `box`, returns only that window of the resized image, `[box.height, box.width, C]`.
+    """
+    (h_in, w_in), (h_out, w_out) = image.shape[:2], size
+    y0, y1, wy = _linear_taps(h_in, h_out)
+    x0, x1, wx = _linear_taps(w_in, w_out)
+    if box is not None:
+        rows, cols = box.slices()
+        y0, y1, wy, x0, x1, wx = y0[rows], y1[rows], wy[rows], x0[cols], x1[cols], wx[cols]
+    # Only touch the source columns this window needs.
+    c0, c1 = int(x0.min()), int(x1.max()) + 1
+    src = image[:, c0:c1]
+    wy, wx = wy[:, None, None], wx[None, :, None]
+    # Integer arithmetic is exact, so vertical-then-horizontal equals OpenCV's order.
+    rows_mix = src[y0].astype(np.int32) * (_COEF_SCALE - wy) + src[y1].astype(np.int32) * wy
+    out = rows_mix[:, x0 - c0] * (_COEF_SCALE - wx) + rows_mix[:, x1 - c0] * wx
+    return ((out + (1 << (2 * _COEF_BITS - 1))) >> (2 * _COEF_BITS)).astype(np.uint8)
+
+
+def _nearest_taps(n_in: int, n_out: int) -> np.ndarray:
+    return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.intp), n_in - 1)
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int], box: Box | None = None) -> np.ndarray:
+    """Nearest-neighbour resize of `[H, W]` to `size` = (h, w) (optionally only `box` of it)."""
+    rows = _nearest_taps(label.shape[0], size[0])
+    cols = _nearest_taps(label.shape[1], size[1])
+    if box is not None:
+        r, c = box.slices()
+        rows, cols = rows[r], cols[c]
+    return label[rows[:, None], cols[None, :]]
+
+
+def random_box(height: int, width: int, crop: tuple[int, int], rng: np.random.Generator) -> Box:
+    """Uniform crop offsets in [0, side - crop]; a crop larger than the image is clipped."""
+    crop_h, crop_w = min(crop[0], height), min(crop[1], width)
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    return Box(top, left, crop_h, crop_w)
+
+
+def cat_max_ratio_ok(label: np.ndarray, cat_max_ratio: float) -> bool:
+    """mmseg's test: >1 non-ignore class and the largest covers < cat_max_ratio of them."""
+    counts = np.bincount(label.ravel(), minlength=256)[:IGNORE_INDEX]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+def crop_box_with_cat_max_ratio(
+    label: np.ndarray,
+    crop: tuple[int, int],
+    cat_max_ratio: float,
+    rng: np.random.Generator,
+    max_redraws: int = 10,
+) -> Box:
+    """Random crop box of `label [H, W]`, re-drawn until it passes `cat_max_ratio_ok`.
+
+    As mmseg's RandomCrop: one draw plus up to `max_redraws` re-draws, the last of which is
+    used unchecked. `cat_max_ratio >= 1` disables the test (one draw).
+    """
+    box = random_box(*label.shape, crop, rng)
+    if cat_max_ratio >= 1.0:
+        return box
+    for _ in range(max_redraws):
+        if cat_max_ratio_ok(label[box.slices()], cat_max_ratio):
+            break
+        box = random_box(*label.shape, crop, rng)
+    return box
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB `[..., 3]` -> float32 `(x - mean) / std` with the ImageNet statistics."""
+    return (image.astype(np.float32) - MEAN_RGB) / STD_RGB
+
+
+def pad(
+    image: np.ndarray, label: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad bottom/right to at least `size`: image `[H, W, C]` with 0, label `[H, W]` with 255."""
+    extra_h, extra_w = max(size[0] - image.shape[0], 0), max(size[1] - image.shape[1], 0)
+    if extra_h == 0 and extra_w == 0:
+        return image, label
+    image = np.pad(image, ((0, extra_h), (0, extra_w), (0, 0)))
+    if label is not None:
+        label = np.pad(label, ((0, extra_h), (0, extra_w)), constant_values=IGNORE_INDEX)
+    return image, label
