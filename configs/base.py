@@ -1,4 +1,4 @@
-"""Defaults shared by every experiment: the LC-MSM model of the paper (METHOD.md §2).
+"""Defaults shared by every experiment: LC-MSM on GTA5 -> Cityscapes (METHOD.md).
 
 Experiment files import `get_config()` from here and change only what differs.
 Any field can be overridden on the command line: `--config.model.backbone=mit_b0`.
@@ -37,8 +37,125 @@ def model_config() -> ml_collections.ConfigDict:
     return model
 
 
+def data_config() -> ml_collections.ConfigDict:
+    """GTA5 (RCS) -> Cityscapes train, evaluated on Cityscapes val (METHOD.md §4)."""
+    data = ml_collections.ConfigDict()
+    data.batch_size = 2  # global images per domain per step
+    data.crop_size = (512, 512)
+    data.num_threads = 2  # reader threads per process
+    data.worker_count = 0  # grain worker processes per process (0 = in-process)
+    data.eval_classes = "cityscapes19"  # cityscapes19 | synthia16 (adds mIoU16 and mIoU13)
+
+    data.source = ml_collections.ConfigDict()
+    data.source.dataset = "gta5"  # gta5 | synthia | synthetic
+    data.source.root = ""
+    data.source.split = "all"
+    data.source.scale = (1280, 720)  # keep-ratio fit: GTA5 1914x1052 -> 1280x704
+    data.source.cat_max_ratio = 0.75
+    data.source.rcs = True
+    data.source.rcs_temperature = 0.01
+    data.source.rcs_min_pixels = 3000
+    data.source.rcs_min_crop_ratio = 0.5
+
+    data.target = ml_collections.ConfigDict()
+    data.target.dataset = "cityscapes"  # cityscapes | acdc | darkzurich | synthetic
+    data.target.root = ""
+    data.target.split = "train"
+    data.target.scale = (1024, 512)
+    data.target.sampling = "uniform"  # the reference draws target images with replacement
+
+    data.eval = ml_collections.ConfigDict()
+    data.eval.dataset = "cityscapes"
+    data.eval.root = ""
+    data.eval.split = "val"
+    data.eval.scale = (1024, 512)  # network input; labels stay at full resolution
+    data.eval.batch_size = 1  # global images per evaluation batch
+    data.eval.max_images = 0  # 0 = the whole split
+
+    data.synthetic = ml_collections.ConfigDict()  # used when a dataset is "synthetic"
+    data.synthetic.size = (256, 512)  # (height, width) of rendered scenes
+    data.synthetic.num_images = 2000  # images per domain and split
+    return data
+
+
+def uda_config() -> ml_collections.ConfigDict:
+    """The LC-MSM step (METHOD.md §3); the ablation ladder switches terms off."""
+    uda = ml_collections.ConfigDict()
+    uda.enabled = True  # False: source-only training (CE on source crops only)
+    uda.alpha = 0.999  # EMA teacher: alpha_t = min(1 - 1/(t+1), alpha)
+    uda.pseudo_threshold = 0.968
+    uda.pseudo_label_head = "lcmsm"  # lcmsm (LC-MSM) | decode (DACS, DAFormer, MIC)
+    uda.ignore_top = 0  # pseudo-label crop rows (15 / 120 for DAFormer and MIC)
+    uda.ignore_bottom = 0
+    uda.mix = "classmix"
+    uda.color_jitter_probability = 0.2  # jitter applied when u > 0.2, i.e. 80% of the time
+    uda.color_jitter_strength = 0.2
+    uda.blur = True
+    uda.feature_distance_weight = 0.005  # 0 disables the ImageNet feature distance
+    uda.feature_distance_classes = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)  # things
+    uda.feature_distance_min_ratio = 0.75
+    uda.masked_source = True  # LC-MSM: masked, augmented source -> LC-MSM head
+    uda.masked_mix = True  # LC-MSM: masked, re-augmented mixed image -> LC-MSM head
+    uda.masked_target = False  # MIC: masked, augmented target -> DAFormer head
+    uda.mask_block_size = 32
+    uda.mask_ratio = 0.5
+    uda.mask_weight = 1.0  # weight of every masked loss term
+    uda.target_supervised = False  # oracle: the target's own labels replace pseudo-labels
+    return uda
+
+
+def optim_config() -> ml_collections.ConfigDict:
+    """AdamW 6e-5, heads x10, no decay on norms, warmup 1500 then poly (METHOD.md §5)."""
+    optim = ml_collections.ConfigDict()
+    optim.lr = 6e-5
+    optim.betas = (0.9, 0.999)
+    optim.eps = 1e-8
+    optim.weight_decay = 0.01
+    optim.warmup_steps = 1500
+    optim.warmup_ratio = 1e-6
+    optim.power = 1.0
+    optim.min_lr = 0.0
+    optim.grad_clip_norm = 0.0  # 0 = none, as the reference
+    # Substring rules on parameter names (longest match wins), as mmcv's paramwise_cfg.
+    optim.param_groups = ml_collections.ConfigDict(
+        {
+            "pos_block": {"lr_mult": 1.0, "decay_mult": 0.0},
+            "head": {"lr_mult": 10.0, "decay_mult": 1.0},
+            "norm": {"lr_mult": 1.0, "decay_mult": 0.0},
+        }
+    )
+    return optim
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = model_config()
+    config.data = data_config()
+    config.uda = uda_config()
+    config.optim = optim_config()
+
+    config.text = ml_collections.ConfigDict()
+    # A file from `lcmsm-embed-text`, or "random:<seed>" for runs without a language prior.
+    config.text.embeddings = "text/cityscapes_vith14.npz"
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 60_000
+    config.train.log_every = 50
+    config.train.eval_every = 2_000  # 0 = only at the end
+    config.train.checkpoint_every = 20_000
+    config.train.keep_checkpoints = 1
+    config.train.image_every = 1_000  # debug panels; 0 = never
+    config.train.init = ""  # an `lcmsm-convert` workdir to start from
+    config.train.pretrained = ""  # ImageNet MiT checkpoint (mit_b5.pth) for the backbone
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.mode = "slide"  # slide | whole
+    config.eval.crop = (512, 512)
+    config.eval.stride = (256, 256)
+    config.eval.head = "decode"  # the reference evaluates the student's DAFormer head
+    config.eval.weights = "student"  # student | teacher
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # devices on the data axis (-1 = all)
     return config

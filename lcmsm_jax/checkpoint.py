@@ -103,3 +103,102 @@ def _check_fits(directory: Path, item: str, stored: dict, wanted: dict) -> None:
         raise ValueError(
             f"{directory}: checkpoint does not fit this model (check config.model): {problem}"
         )
+
+
+# ----------------------------------------------------------------------------- training runs
+#
+# A run's workdir holds `checkpoints/<step>/` written by an orbax CheckpointManager with the
+# items: "model" and "teacher" ({"params", "batch_stats"} each), "train" (optimiser state,
+# step, frozen inputs), "source_iter" / "target_iter" (grain iterator positions) and
+# "config" (JSON). Evaluation restores only "model" or "teacher".
+
+RUN_CHECKPOINTS = "checkpoints"
+CONVERTED = "converted"
+WEIGHT_ITEMS = {"student": "model", "teacher": "teacher"}
+
+
+def run_manager(
+    workdir: str | os.PathLike, *, max_to_keep: int | None = 1, enable_async: bool = True
+) -> ocp.CheckpointManager:
+    """The CheckpointManager of a training run (`<workdir>/checkpoints`)."""
+    import grain
+
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / RUN_CHECKPOINTS,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=enable_async, create=True
+        ),
+        item_handlers={
+            "model": ocp.StandardCheckpointHandler(),
+            "teacher": ocp.StandardCheckpointHandler(),
+            "train": ocp.StandardCheckpointHandler(),
+            "source_iter": grain.checkpoint.CheckpointHandler(),
+            "target_iter": grain.checkpoint.CheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+
+def _weights_tree(model: nnx.Module) -> tuple[nnx.State, nnx.State, dict]:
+    params, batch_stats = nnx.state(model, nnx.Param, nnx.BatchStat)
+    return (
+        params,
+        batch_stats,
+        {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()},
+    )
+
+
+def restore_weights(
+    workdir: str | os.PathLike,
+    model: nnx.Module,
+    *,
+    step: int | None = None,
+    weights: str = "student",
+) -> int | None:
+    """Load model weights from a run directory into `model`.
+
+    Looks for training checkpoints (`<workdir>/checkpoints`, the latest or `step`, student
+    or EMA teacher weights) and otherwise for an `lcmsm-convert` result
+    (`<workdir>/converted`). Returns the restored training step, or None for a converted
+    checkpoint. Errors name the directory and what is missing.
+    """
+    if weights not in WEIGHT_ITEMS:
+        raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    workdir = Path(workdir).absolute()
+    run_dir = workdir / RUN_CHECKPOINTS
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        manager = run_manager(workdir, max_to_keep=None, enable_async=False)
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{run_dir} holds no complete checkpoint")
+        if step is None:
+            step = manager.latest_step()
+        elif step not in steps:
+            raise FileNotFoundError(f"{run_dir} has no step {step}; available: {sorted(steps)}")
+        item = WEIGHT_ITEMS[weights]
+        params, batch_stats, pure = _weights_tree(model)
+        stored = manager.item_metadata(step)[item]
+        _check_fits(run_dir / str(step), item, _flat_shapes(stored.tree), _flat_shapes(pure))
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
+        )[item]
+        manager.close()
+        nnx.replace_by_pure_dict(params, restored["params"])
+        nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
+        nnx.update(model, params, batch_stats)
+        return int(step)
+    if (workdir / CONVERTED).is_dir():
+        if step is not None:
+            raise ValueError(f"{workdir} holds a converted checkpoint, which has no steps")
+        if weights != "student":
+            raise ValueError(
+                f"{workdir / CONVERTED} holds one set of weights; convert with "
+                "`lcmsm-convert --weights teacher` to get the teacher"
+            )
+        restore_model(workdir / CONVERTED, model)
+        return None
+    raise FileNotFoundError(
+        f"{workdir} has neither training checkpoints ({RUN_CHECKPOINTS}/) nor a converted "
+        f"checkpoint ({CONVERTED}/)"
+    )

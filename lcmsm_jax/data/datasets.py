@@ -1,0 +1,133 @@
+"""From `config.data` to sources and per-process iterators (training and evaluation)."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+from lcmsm_jax.data import labels, pipeline, rcs, sources
+
+# Synthetic splits are disjoint seed ranges of the same generator.
+_SYNTHETIC_SPLIT_SEEDS = {"all": 0, "train": 0, "val": 1_000_003}
+
+
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The class names the model predicts (trainId order)."""
+    if config.model.num_classes != len(labels.CITYSCAPES_CLASSES):
+        raise ValueError(
+            f"config.model.num_classes = {config.model.num_classes}; every supported dataset "
+            f"uses the {len(labels.CITYSCAPES_CLASSES)} Cityscapes classes"
+        )
+    return labels.CITYSCAPES_CLASSES
+
+
+def open_domain(
+    domain: ml_collections.ConfigDict,
+    data: ml_collections.ConfigDict,
+    *,
+    labels_wanted: bool,
+    seed: int,
+    synthetic_domain: str,
+):
+    """A random-access source for one `config.data.{source,target,eval}` entry."""
+    if domain.dataset == "synthetic":
+        from lcmsm_jax.data import synthetic
+
+        return synthetic.SyntheticSource(
+            synthetic_domain,
+            data.synthetic.num_images,
+            size=tuple(data.synthetic.size),
+            seed=seed + _SYNTHETIC_SPLIT_SEEDS.get(domain.split, 0),
+            labels=labels_wanted,
+        )
+    if not domain.root:
+        raise ValueError(
+            f"config.data: dataset {domain.dataset!r} needs a root directory "
+            "(set e.g. --config.data.source.root=/data/gta5)"
+        )
+    return sources.open_source(domain.dataset, domain.root, domain.split, labels=labels_wanted)
+
+
+def _class_counts(domain: ml_collections.ConfigDict, source) -> np.ndarray | None:
+    if not domain.rcs:
+        return None
+    if domain.dataset == "synthetic":
+        return rcs.compute_class_counts(source)
+    return rcs.load_class_counts(domain.root, domain.split, source)
+
+
+def train_iterators(config: ml_collections.ConfigDict, *, target_labels: bool = False):
+    """(source iterator, target iterator) of this process's share of each global batch.
+
+    `target_labels` loads target labels too (only the target-supervised oracle uses them).
+    """
+    data = config.data
+    per_process = data.batch_size // jax.process_count()
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    common = dict(
+        batch_size=per_process,
+        seed=config.seed,
+        crop_size=tuple(data.crop_size),
+        num_threads=data.num_threads,
+        worker_count=data.worker_count,
+        **shard,
+    )
+    source = open_domain(
+        data.source, data, labels_wanted=True, seed=config.seed, synthetic_domain="source"
+    )
+    target = open_domain(
+        data.target, data, labels_wanted=target_labels, seed=config.seed,
+        synthetic_domain="target",
+    )  # fmt: skip
+    source_ds = pipeline.train_dataset(
+        source,
+        stream="source",
+        scale=tuple(data.source.scale),
+        cat_max_ratio=data.source.cat_max_ratio,
+        class_counts=_class_counts(data.source, source),
+        rcs_temperature=data.source.rcs_temperature,
+        rcs_min_pixels=data.source.rcs_min_pixels,
+        rcs_min_crop_ratio=data.source.rcs_min_crop_ratio,
+        **common,
+    )
+    target_ds = pipeline.train_dataset(
+        target,
+        stream="target",
+        scale=tuple(data.target.scale),
+        cat_max_ratio=1.0,
+        sampling=data.target.sampling,
+        **common,
+    )
+    return iter(source_ds), iter(target_ds)
+
+
+def eval_source(config: ml_collections.ConfigDict):
+    """The evaluation split's source (target domain, labelled), cut to `max_images`."""
+    data = config.data
+    source = open_domain(
+        data.eval, data, labels_wanted=True, seed=config.seed, synthetic_domain="target"
+    )
+    if data.eval.max_images and data.eval.max_images < len(source):
+        source = _Prefix(source, data.eval.max_images)
+    return source
+
+
+class _Prefix:
+    """The first `n` items of a random-access source."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.source[index]
+
+    def __getattr__(self, name):
+        if name in ("source", "n"):  # not yet set (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.source, name)

@@ -1,0 +1,90 @@
+"""Where a run's numbers go: the console, `metrics.jsonl` and TensorBoard (process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+class MetricsLog:
+    """Appends one JSON line per record and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, values: dict, *, prefix: str = "") -> None:
+        """Record `values` (scalars; nested dicts flattened with '/') at `step`."""
+        if not self.enabled:
+            return
+        flat = {f"{prefix}{k}": v for k, v in _flatten(values).items()}
+        record = {"step": int(step), "time": time.time(), **flat}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in flat.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._tb.add_scalar(key, value, int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, np.ndarray | np.generic | jax.Array):
+            out[f"{prefix}{key}"] = np.asarray(value).item() if np.size(value) == 1 else None
+        else:
+            out[f"{prefix}{key}"] = value
+    return {k: v for k, v in out.items() if v is not None}
+
+
+class Progress:
+    """One line per logging step: step, losses, lr, images/s and ETA."""
+
+    def __init__(self, total_steps: int, start_step: int, images_per_step: int):
+        self.total = total_steps
+        self.images_per_step = images_per_step
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def line(self, step: int, metrics: dict) -> str:
+        now = time.perf_counter()
+        steps = max(step - self._last_step, 1)
+        seconds_per_step = (now - self._last_time) / steps
+        self._last_step, self._last_time = step, now
+        eta = seconds_per_step * (self.total - step)
+        losses = " ".join(
+            f"{k.removeprefix('loss/')}={v:.4f}"
+            for k, v in metrics.items()
+            if k.startswith("loss/")
+        )
+        extra = ""
+        if "pseudo_label_quality" in metrics:
+            extra = f" q={metrics['pseudo_label_quality']:.3f}"
+        return (
+            f"step {step}/{self.total} {losses}{extra} lr={metrics['lr']:.3e} "
+            f"| {self.images_per_step / seconds_per_step:.2f} img/s "
+            f"| ETA {_format_seconds(eta)}"
+        )
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
