@@ -29,3 +29,24 @@ def prepare() -> None:
     from lcmsm_jax.data import prepare as prepare_module
 
     sys.exit(prepare_module.main(sys.argv[1:]))
+
+
+def train() -> None:
+    """`lcmsm-train`: run or resume training."""
+    from lcmsm_jax import train as train_module
+
+    sys.exit(train_module.main(sys.argv[1:]))
+
+
+def evaluate() -> None:
+    """`lcmsm-eval`: mIoU of a run's checkpoint; Cityscapes benchmark export."""
+    from lcmsm_jax import evaluate as evaluate_module
+
+    sys.exit(evaluate_module.main(sys.argv[1:]))
+
+
+def predict() -> None:
+    """`lcmsm-predict`: trainId, colour and overlay PNGs for any images."""
+    from lcmsm_jax import predict as predict_module
+
+    sys.exit(predict_module.main(sys.argv[1:]))

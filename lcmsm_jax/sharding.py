@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import jax
-import ml_collections
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -25,15 +24,15 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """A 1-D mesh over `config.data` devices (-1 = all devices of all processes)."""
-    count = jax.device_count() if config.data == -1 else int(config.data)
-    if count < 1 or count > jax.device_count() or jax.device_count() % count:
-        raise ValueError(
-            f"config.mesh.data = {config.data}: must be -1 or a divisor of the "
-            f"{jax.device_count()} available devices"
-        )
-    return jax.make_mesh((count,), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def make_mesh(data: int = -1) -> jax.sharding.Mesh:
+    """1-D mesh with axis "data" over the first `data` devices (-1 = all; config.mesh.data)."""
+    count = jax.device_count()
+    n = count if data == -1 else int(data)
+    if not 1 <= n <= count:
+        raise ValueError(f"config.mesh.data = {data}: this job has {count} devices")
+    if jax.process_count() > 1 and n != count:
+        raise ValueError(f"config.mesh.data = {data}: a multi-process job must use all devices")
+    return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

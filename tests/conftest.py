@@ -7,7 +7,18 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
+
+# Tests build the same programs many times (fresh jit objects per run); a persistent
+# compilation cache for the session lets repeated XLA compilations be skipped.
+_cache_dir = tempfile.mkdtemp(prefix="lcmsm-jax-cache-")
+atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _cache_dir)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 # Parity tests compare against float32 PyTorch; keep XLA's matmuls at full precision.
 jax.config.update("jax_default_matmul_precision", "highest")

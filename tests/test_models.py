@@ -246,6 +246,6 @@ def test_bad_model_config_names_the_field():
     with pytest.raises(ValueError, match="fusion must be one of"):
         models.Segmentor(cfg, rngs=nnx.Rngs(0))
     cfg = tiny_config()
-    cfg.dtype = "float64"
+    cfg.dtype = "int8"
     with pytest.raises(ValueError, match="config.model.dtype"):
         models.Segmentor(cfg, rngs=nnx.Rngs(0))

@@ -100,34 +100,3 @@ def train_iterators(config: ml_collections.ConfigDict, *, target_labels: bool = 
         **common,
     )
     return iter(source_ds), iter(target_ds)
-
-
-def eval_source(config: ml_collections.ConfigDict):
-    """The evaluation split's source (target domain, labelled), cut to `max_images`."""
-    data = config.data
-    source = open_domain(
-        data.eval, data, labels_wanted=True, seed=config.seed, synthetic_domain="target"
-    )
-    if data.eval.max_images and data.eval.max_images < len(source):
-        source = _Prefix(source, data.eval.max_images)
-    return source
-
-
-class _Prefix:
-    """The first `n` items of a random-access source."""
-
-    def __init__(self, source, n: int):
-        self.source, self.n = source, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.n:
-            raise IndexError(index)
-        return self.source[index]
-
-    def __getattr__(self, name):
-        if name in ("source", "n"):  # not yet set (e.g. while unpickling)
-            raise AttributeError(name)
-        return getattr(self.source, name)

@@ -169,7 +169,7 @@ class BatchNorm(nnx.Module):
         """[..., C] -> [..., C]; `train` uses batch statistics and updates the running ones."""
         reduce_axes = tuple(range(x.ndim - 1))
         if train:
-            x32 = x.astype(jnp.float32)
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             mean = jnp.mean(x32, axis=reduce_axes)
             var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
             count = math.prod(x.shape[:-1])

@@ -19,10 +19,12 @@ _DROP_PATH_STREAM, _DECODE_DROPOUT_STREAM, _LCMSM_DROPOUT_STREAM = 0, 1, 2
 
 def _dtype(name: str) -> jnp.dtype:
     try:
-        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+        # float64 (with jax_enable_x64) is for gradient checks against finite differences.
+        dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+        return {**dtypes, "float64": jnp.float64}[name]
     except KeyError:
         raise ValueError(
-            f"config.model.dtype must be float32, bfloat16 or float16, got {name!r}"
+            f"config.model.dtype must be float32, bfloat16, float16 or float64, got {name!r}"
         ) from None
 
 
@@ -75,7 +77,9 @@ class Segmentor(nnx.Module):
             dtype=dtype,
         )
         # Learnable CLIP-dim -> head-dim projection, torch default init (METHOD.md §2.4).
-        self.text_embed_net = layers.torch_linear(config.text_dim, lcmsm.channels, rngs=rngs)
+        self.text_embed_net = layers.torch_linear(
+            config.text_dim, lcmsm.channels, rngs=rngs, dtype=dtype
+        )
         self.text_dim = config.text_dim
 
     def project_text(self, text_embeddings: jax.Array) -> jax.Array:

@@ -222,7 +222,7 @@ def strong_transform(images: jax.Array, draws: Draws) -> jax.Array:
     shape and dtype. The flags are scalars, so `lax.cond` skips the work when they are off.
     """
     dtype = images.dtype
-    x = images.astype(jnp.float32)
+    x = images.astype(jnp.promote_types(images.dtype, jnp.float32))
     mean = jnp.asarray(MEAN_RGB, jnp.float32)
     std = jnp.asarray(STD_RGB, jnp.float32)
 

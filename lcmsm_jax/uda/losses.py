@@ -14,6 +14,11 @@ import jax.numpy as jnp
 IGNORE_INDEX = 255
 
 
+def at_least_f32(x: jax.Array) -> jax.Array:
+    """Losses are computed in float32 even for bfloat16 logits (float64 stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def upsample_logits(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Bilinear resize `[B, h, w, K]` -> `[B, H, W, K]` with align_corners=False semantics.
 
@@ -39,13 +44,13 @@ def cross_entropy(
     in the denominator (an all-ignore batch gives 0, not NaN). weights `[B, H, W]` or None.
     """
     size = labels.shape[1:]
-    log_probs = jax.nn.log_softmax(upsample_logits(logits.astype(jnp.float32), size), axis=-1)
+    log_probs = jax.nn.log_softmax(upsample_logits(at_least_f32(logits), size), axis=-1)
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0).astype(jnp.int32)
     nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
     loss = jnp.where(valid, nll, 0.0)
     if weights is not None:
-        loss = loss * weights.astype(jnp.float32)
+        loss = loss * weights.astype(loss.dtype)
     return loss.mean()
 
 
@@ -102,7 +107,7 @@ def feature_distance(
     cells = downscale_label_ratio(labels, factor, min_ratio, num_classes)
     things = jnp.asarray(list(thing_classes), jnp.int32)
     mask = jnp.any(cells[..., None] == things, axis=-1).astype(jnp.float32)
-    diff = student.astype(jnp.float32) - jax.lax.stop_gradient(imnet).astype(jnp.float32)
+    diff = at_least_f32(student) - at_least_f32(jax.lax.stop_gradient(imnet))
     dist = _safe_l2(diff)
     return jnp.sum(mask * dist) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -122,7 +127,7 @@ def pseudo_labels(
     is q everywhere except the first `ignore_top` and last `ignore_bottom` rows, which are 0
     (DAFormer's pseudo-label crop). All outputs carry no gradient.
     """
-    logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    logits = at_least_f32(jax.lax.stop_gradient(logits))
     probs = jax.nn.softmax(upsample_logits(logits, size), axis=-1)
     labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     quality = jnp.mean((probs.max(axis=-1) >= threshold).astype(jnp.float32))

@@ -1,0 +1,160 @@
+"""`lcmsm-predict`: segment any images with a run's checkpoint (or an `lcmsm-convert` result).
+
+Each image goes through the evaluation preprocessing (keep-ratio resize to
+config.data.eval.scale, normalisation) and the evaluation inference (config.eval: slide or
+whole, head); the prediction is at the image's own resolution. Per image `<stem>` the
+output folder gets `<stem>_trainIds.png` (grey, trainIds 0..18), `<stem>_color.png`
+(Cityscapes palette) and `<stem>_overlay.png` (image and colours blended half and half).
+Consecutive images of one size are batched; each size compiles once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from lcmsm_jax import evaluate, export, sharding
+from lcmsm_jax.data import pngio
+from lcmsm_jax.data import transforms as T
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(spec: str) -> list[Path]:
+    """A folder (its image files, not recursive) or a glob (`**` recurses), sorted.
+
+    Raises FileNotFoundError naming `spec` when nothing matches, and ValueError when two
+    images share a file stem (their outputs would collide).
+    """
+    if os.path.isdir(spec):
+        paths = [p for p in sorted(Path(spec).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        paths = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if os.path.isfile(p)]
+    if not paths:
+        raise FileNotFoundError(f"--images {spec!r}: no image files found")
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise ValueError(f"--images {spec!r}: {stems[path.stem]} and {path} share a name")
+        stems[path.stem] = path
+    return paths
+
+
+def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[tuple[int, int], list]]:
+    """Consecutive runs of images with the same (height, width), cut into batches."""
+    sizes = [pngio.image_size(str(p)) for p in paths]
+    for size, group in itertools.groupby(range(len(paths)), key=lambda i: sizes[i]):
+        group = list(group)
+        for i in range(0, len(group), batch_size):
+            yield size, [paths[j] for j in group[i : i + batch_size]]
+
+
+def predict_images(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    paths: Sequence[Path],
+    out_dir: str | os.PathLike,
+    *,
+    step: int | None = None,
+    weights: str | None = None,
+    head: str | None = None,
+    batch_size: int = 0,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Predict `paths` and write three PNGs per image to `out_dir`; returns the count."""
+    weights = weights or config.eval.weights
+    head = head or config.eval.head
+    graphdef, params, batch_stats, step = evaluate.load_weights(
+        config, workdir, step=step, weights=weights
+    )
+    features = None
+    if head == "lcmsm":
+        text_params, embeddings = evaluate.text_inputs(
+            config, workdir, params, step=step, weights=weights
+        )
+        features = evaluate.project_text(graphdef, text_params, batch_stats, embeddings)
+    mesh = sharding.make_mesh(config.mesh.data)
+    evaluator = evaluate.make_evaluator(config, graphdef, mesh, head=head)
+    batch = evaluate.global_batch_size(batch_size or config.data.eval.batch_size, mesh)
+    params, batch_stats, features = evaluator.put_weights(params, batch_stats, features)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"predicting {len(paths)} images ({weights} weights, {head} head) into {out_dir}")
+    progress = evaluate.Progress("predict", len(paths), log)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pending = []
+        for size, group in _batches(paths, batch):
+            images = [pngio.read_rgb(str(p)) for p in group]
+            net_size = T.keep_ratio_size(*size, tuple(config.data.eval.scale))
+            inputs = np.zeros((batch, *net_size, 3), np.float32)  # padded to the full batch
+            for i, image in enumerate(images):
+                inputs[i] = T.normalize(T.resize_image(image, net_size))
+            preds = evaluator.predict(params, batch_stats, features, inputs, size)
+            for path, image, pred in zip(group, images, preds, strict=False):
+                pending.append(pool.submit(export.write_prediction, out_dir, path, image, pred))
+            for future in pending[:-32]:
+                future.result()
+            pending = pending[-32:]
+            progress.update(len(group))
+        for future in pending:
+            future.result()
+    progress.finish()
+    return len(paths)
+
+
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Run directory (training checkpoints or converted/).",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("images", None, "An image folder, or a glob such as 'dir/*.png'.",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("out", None, "Output folder for the trainId, colour and overlay PNGs.",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("step", None, "Training step (default: the latest).", flag_values=fv)
+    flags.DEFINE_enum("weights", None, list(evaluate.WEIGHTS),
+                      "student or EMA teacher weights (default: config.eval.weights).",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_enum("head", None, list(evaluate.HEADS),
+                      "decode or lcmsm head (default: config.eval.head).",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("batch_size", 0,
+                         "Images per batch (default: config.data.eval.batch_size).",
+                         flag_values=fv)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lcmsm-predict --config C.py --workdir DIR --images 'dir/*.png' --out DIR [...]`."""
+    from lcmsm_jax import config_cli
+
+    try:
+        fv = config_cli.parse(
+            "lcmsm-predict", argv, _define_flags, required=("workdir", "images", "out")
+        )
+    except config_cli.UsageError as err:
+        print(err)
+        return 2
+    try:
+        paths = find_images(fv.images)
+        predict_images(
+            fv.config,
+            fv.workdir,
+            paths,
+            fv.out,
+            step=fv.step,
+            weights=fv.weights,
+            head=fv.head,
+            batch_size=fv.batch_size,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        # Missing images or checkpoints, a config value out of range: the message names it.
+        print(f"lcmsm-predict: {err}")
+        return 1
+    return 0
