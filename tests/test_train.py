@@ -50,38 +50,83 @@ def records(workdir):
 @pytest.mark.slow
 def test_train_resume_continues_exactly(tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = ["--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=3",
-              "--config.train.image_every=2", "--config.train.eval_every=4"]  # fmt: skip
-    assert run(straight, 4, *common) == 0
+    common = ["--config.train.checkpoint_every=10", "--config.train.keep_checkpoints=3",
+              "--config.train.image_every=10", "--config.train.eval_every=20"]  # fmt: skip
+    assert run(straight, 20, *common) == 0
     printed = capsys.readouterr().out
-    assert "text embeddings random:0" in printed and "step 4/4" in printed and "img/s" in printed
+    assert "text embeddings random:0" in printed and "step 20/20" in printed and "img/s" in printed
     train_records = [r for r in records(straight) if "train/loss/total" in r]
-    assert [r["step"] for r in train_records] == [1, 2, 3, 4]
+    assert [r["step"] for r in train_records] == list(range(1, 21))
     for r in train_records:
         for term in ("source", "masked_source", "feature_distance", "mix", "masked_mix", "total"):
             assert np.isfinite(r[f"train/loss/{term}"])
         assert {"train/lr", "train/grad_norm", "train/pseudo_label_quality"} <= set(r)
     assert any("eval/mIoU" in r for r in records(straight))
-    assert sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "2", "4"
-    ]  # fmt: skip
-    assert (straight / "images" / "step_0000002.png").is_file()
+    steps_saved = sorted(
+        int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps_saved == [10, 20]
+    assert (straight / "images" / "step_0000010.png").is_file()
     assert list((straight / "tensorboard").iterdir())
-    assert json.loads((straight / "config.json").read_text())["train"]["steps"] == 4
+    assert json.loads((straight / "config.json").read_text())["train"]["steps"] == 20
+    assert (straight / "eval_20.json").is_file()
 
-    # Stop after 2 of 4 steps, then resume: steps 3 and 4 must repeat the straight run.
-    assert run(resumed, 4, *common, "--config.train.stop_at=2") == 0
-    assert [r["step"] for r in records(resumed) if "train/loss/total" in r] == [1, 2]
-    assert run(resumed, 4, *common) == 0
+    # Stop after 10 of 20 steps, then resume: steps 11..20 must repeat the straight run.
+    assert run(resumed, 20, *common, "--config.train.stop_at=10") == 0
+    assert [r["step"] for r in records(resumed) if "train/loss/total" in r] == list(range(1, 11))
+    assert run(resumed, 20, *common) == 0
     assert "resumed from" in capsys.readouterr().out
     first = {r["step"]: r for r in train_records}
     again = {r["step"]: r for r in records(resumed) if "train/loss/total" in r}
-    for step in (3, 4):
+    for step in range(11, 21):
         for key, value in first[step].items():
             if key.startswith("train/"):
                 np.testing.assert_allclose(again[step][key], value, rtol=1e-5, err_msg=key)
+
+    # lcmsm-eval restores the run's latest checkpoint and reproduces the in-training result.
+    from lcmsm_jax import evaluate
+
+    in_training = json.loads((straight / "eval_20.json").read_text())
+    (straight / "eval_20.json").unlink()
+    assert evaluate.main(["--config", CONFIG, "--workdir", str(straight), *TINY]) == 0
+    again = json.loads((straight / "eval_20.json").read_text())
+    assert again["mIoU"] == in_training["mIoU"]
 
 
 def test_unknown_override_is_an_error_naming_it(tmp_path, capsys):
     assert run(tmp_path, 1, "--config.uda.no_such_switch=1") == 2
     assert "no_such_switch" in capsys.readouterr().out
+
+
+def test_train_starts_from_a_converted_checkpoint(tmp_path, capsys):
+    """config.train.init: an lcmsm-convert workdir (here written by checkpoint.save_model)."""
+    from flax import nnx
+
+    from lcmsm_jax import checkpoint, config_cli, models
+
+    fv = config_cli.parse("t", ["--config", CONFIG, *TINY], lambda fv: None)
+    source = models.Segmentor(fv.config.model, rngs=nnx.Rngs(123))
+    checkpoint.save_model(tmp_path / "official" / "converted", source, metadata={})
+    run_dir = tmp_path / "run"
+    argv = ["--config.train.init=" + str(tmp_path / "official"), "--config.train.eval_every=-1"]
+    assert run(run_dir, 1, *argv) == 0
+    assert f"initial weights: weights from {tmp_path / 'official' / 'converted'}" in (
+        capsys.readouterr().out
+    )
+    restored = models.Segmentor(fv.config.model, rngs=nnx.Rngs(0))
+    assert checkpoint.restore_weights(run_dir, restored) == 1
+    # One step at warmup lr (6e-11 x 10 at most) leaves the converted weights in place.
+    np.testing.assert_allclose(
+        restored.decode_head.conv_seg.kernel[...], source.decode_head.conv_seg.kernel[...],
+        atol=1e-6,
+    )  # fmt: skip
+
+
+def test_non_finite_loss_stops_without_saving(tmp_path):
+    class Manager:
+        def latest_step(self):
+            return 40
+
+    with pytest.raises(train.NonFiniteLossError, match=r"step 41.*last good checkpoint is step 40"):
+        train._check_finite({"loss/total": float("nan"), "loss/source": 1.0}, 41, Manager())
+    train._check_finite({"loss/total": 1.0, "lr": float("nan")}, 41, Manager())
