@@ -258,7 +258,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result["eval"]:
         print(f"final mIoU {result['eval']['mIoU']:.2f} at step {result['step']}")
+    if fv.config.train.compare_with and result["step"] == fv.config.train.steps:
+        from lcmsm_jax import ladder
+
+        final = result["eval"] or _final_results(fv.config, fv.workdir)
+        try:
+            ladder.compare(fv.config, fv.workdir, final)
+        except NonFiniteLossError as err:
+            print(f"lcmsm-train: comparison run: {err}")
+            return 1
     return 0
+
+
+def _final_results(config: ml_collections.ConfigDict, workdir) -> dict:
+    """The final evaluation of a run that had already finished (re-running its command)."""
+    path = Path(workdir) / f"eval_{config.train.steps}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run has no final evaluation to compare")
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

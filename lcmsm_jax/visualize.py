@@ -52,16 +52,21 @@ def _tiles(batch: dict, aux: dict, prediction: np.ndarray | None, b: int) -> lis
 def debug_panel(batch: dict, aux: dict, prediction: np.ndarray | None = None) -> np.ndarray:
     """A grid: rows = images of the batch, columns = source, labels, target, pseudo-labels,
     mix, masks, ... (whatever `aux` holds). Returns uint8 [rows * (h + 14), cols * w, 3]."""
-    rows = [_tiles(batch, aux, prediction, b) for b in range(len(batch["source_image"]))]
+    return tile_grid([_tiles(batch, aux, prediction, b) for b in range(len(batch["source_image"]))])
+
+
+def tile_grid(rows: list[list[tuple[str, np.ndarray]]], caption_height: int = 14) -> np.ndarray:
+    """Rows of (caption, uint8 [h, w, 3]) tiles, all the same size, captioned above each tile.
+    Returns uint8 [rows * (h + caption_height), cols * w, 3]."""
     height, width = rows[0][0][1].shape[:2]
-    caption = 14
-    canvas = Image.new("RGB", (width * len(rows[0]), (height + caption) * len(rows)), "white")
+    columns = max(len(tiles) for tiles in rows)
+    canvas = Image.new("RGB", (width * columns, (height + caption_height) * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, tiles in enumerate(rows):
         for c, (text, tile) in enumerate(tiles):
-            x, y = c * width, r * (height + caption)
+            x, y = c * width, r * (height + caption_height)
             draw.text((x + 2, y + 1), text, fill="black")
-            canvas.paste(Image.fromarray(tile), (x, y + caption))
+            canvas.paste(Image.fromarray(tile), (x, y + caption_height))
     return np.asarray(canvas)
 
 
