@@ -47,7 +47,7 @@ def run_method(
     from lcmsm_jax import train
 
     config = method_config(config, method, seed)
-    final = Path(workdir) / f"eval_{config.train.steps}.json"
+    final = final_results_path(config, workdir)
     if final.is_file():
         log(f"{methods.LABELS[method]}, seed {seed}: finished earlier, reading {final}")
         return json.loads(final.read_text())
@@ -59,6 +59,14 @@ def run_method(
             "(config.train.eval_every must be >= 0 and config.train.stop_at 0)"
         )
     return results
+
+
+def final_results_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """Where a run's final evaluation lands (`Evaluator.run` at config.train.steps)."""
+    from lcmsm_jax import evaluate
+
+    tag = evaluate.results_tag(config.train.steps, config.eval.weights, config.eval.head)
+    return Path(workdir) / f"eval_{tag}.json"
 
 
 def summarize(miou: dict[str, dict[int, float]]) -> dict:
@@ -192,10 +200,11 @@ def prediction_pictures(
     examples = [source[i] for i in range(count)]
     images = np.stack([prepare(i)["image"] for i in range(count)])
     mesh = sharding.make_mesh(1)  # a handful of images: one device, no padding needed
-    predictions = {}
+    predictions, evaluator = {}, None
     for caption, workdir in runs.items():
         graphdef, params, batch_stats, step = evaluate.load_weights(config, workdir)
-        evaluator = evaluate.make_evaluator(config, graphdef, mesh)
+        # The methods share the model, so one evaluator (one compilation) serves every run.
+        evaluator = evaluator or evaluate.make_evaluator(config, graphdef, mesh)
         features = None
         if evaluator.spec.head == "lcmsm":
             text_params, embeddings = evaluate.text_inputs(
@@ -221,14 +230,20 @@ def prediction_pictures(
 def compare(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
-    adapted: dict,
+    adapted: dict | None = None,
     *,
     log: Callable[[str], None] = print,
 ) -> dict:
     """The demo's table: the run in `workdir` (the config's own method, final results
-    `adapted`) next to each of config.train.compare_with, trained with the same seed in
-    `workdir/baselines/<method>`. Writes comparison.{md,json} and predictions/*.png."""
+    `adapted`, read from its eval JSON when None) next to each of config.train.compare_with,
+    trained with the same seed in `workdir/baselines/<method>`. Writes
+    comparison.{md,json} and predictions/*.png."""
     workdir = Path(workdir)
+    if adapted is None:
+        path = final_results_path(config, workdir)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the run has no final evaluation to compare")
+        adapted = json.loads(path.read_text())
     miou = {"lcmsm": {config.seed: adapted["mIoU"]}}
     runs = {}
     for method in config.train.compare_with:

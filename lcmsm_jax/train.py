@@ -261,21 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     if fv.config.train.compare_with and result["step"] == fv.config.train.steps:
         from lcmsm_jax import ladder
 
-        final = result["eval"] or _final_results(fv.config, fv.workdir)
         try:
-            ladder.compare(fv.config, fv.workdir, final)
+            ladder.compare(fv.config, fv.workdir, result["eval"] or None)
         except NonFiniteLossError as err:
             print(f"lcmsm-train: comparison run: {err}")
             return 1
     return 0
-
-
-def _final_results(config: ml_collections.ConfigDict, workdir) -> dict:
-    """The final evaluation of a run that had already finished (re-running its command)."""
-    path = Path(workdir) / f"eval_{config.train.steps}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the run has no final evaluation to compare")
-    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":
