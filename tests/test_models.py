@@ -48,6 +48,31 @@ def test_depthwise_formulations_agree(dilation):
     np.testing.assert_allclose(shifted[:, i, j], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dilation", [1, 6, 14, 20])
+def test_depthwise_shifted_sum_gradients_match_the_convolution(dilation):
+    # 14 on a 13 x 17 map: the vertical outer taps only read padding and are skipped;
+    # 20: only the centre tap is left. The reference is autodiff through lax's convolution.
+    rng = np.random.default_rng(dilation)
+    x = jnp.asarray(rng.standard_normal((2, 13, 17, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 5)), jnp.float32)
+    weight = jnp.asarray(rng.standard_normal((2, 13, 17, 5)), jnp.float32)
+
+    def loss(impl):
+        def f(x, kernel):
+            y = layers.depthwise_conv2d(x, kernel, dilation=dilation, impl=impl)
+            return jnp.sum(jnp.tanh(y) * weight)
+
+        return f
+
+    want = jax.grad(loss("conv"), argnums=(0, 1))(x, kernel)
+    got = jax.jit(jax.grad(loss("shifted_sum"), argnums=(0, 1)))(x, kernel)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    if dilation >= 13:  # a tap that only sees padding gets a zero gradient
+        np.testing.assert_array_equal(got[1][0], 0.0)
+
+
 def test_depthwise_impl_is_validated():
     with pytest.raises(ValueError, match="depthwise_impl must be one of"):
         layers.resolve_depthwise_impl("fft")
