@@ -57,11 +57,11 @@ def get_config():
     config.optim.lr = 6e-4
     config.optim.warmup_steps = 50
 
-    config.train.steps = 1200
+    config.train.steps = 1500
     config.train.log_every = 50
     config.train.eval_every = 0  # at the end only
-    config.train.image_every = 400
-    config.train.checkpoint_every = 1200
+    config.train.image_every = 500
+    config.train.checkpoint_every = 1500
     config.train.compare_with = ("source_only",)
     config.eval.mode = "whole"
     return config
