@@ -113,15 +113,22 @@ def _valid_taps(size: int, dilation: int, height: int, width: int) -> list[tuple
     ]
 
 
-def _shifted_sum(x: jax.Array, weights: list, offsets: list) -> jax.Array:
-    """sum_t x[:, h + dy_t, w + dx_t] * weights[t] with zeros outside: [B, H, W, C]."""
+def _windows(x: jax.Array, offsets: list) -> list[jax.Array]:
+    """x[:, h + dy, w + dx] for each (dy, dx), zeros outside: a list of [B, H, W, C]."""
     height, width = x.shape[1], x.shape[2]
     pad_h = max(abs(dy) for dy, _ in offsets)
     pad_w = max(abs(dx) for _, dx in offsets)
     padded = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+    return [
+        padded[:, pad_h + dy : pad_h + dy + height, pad_w + dx : pad_w + dx + width]
+        for dy, dx in offsets
+    ]
+
+
+def _shifted_sum(x: jax.Array, weights: list, offsets: list) -> jax.Array:
+    """sum_t x[:, h + dy_t, w + dx_t] * weights[t] with zeros outside: [B, H, W, C]."""
     out = None
-    for weight, (dy, dx) in zip(weights, offsets, strict=True):
-        window = padded[:, pad_h + dy : pad_h + dy + height, pad_w + dx : pad_w + dx + width]
+    for weight, window in zip(weights, _windows(x, offsets), strict=True):
         out = window * weight if out is None else out + window * weight
     return out
 
@@ -143,21 +150,13 @@ def _depthwise_forward(x, kernel, dilation):
 
 def _depthwise_backward(dilation, residuals, cotangent):
     x, kernel = residuals
-    height, width = x.shape[1], x.shape[2]
-    taps = _valid_taps(kernel.shape[0], dilation, height, width)
-    x_grad = _shifted_sum(
-        cotangent, [kernel[i, j, 0] for i, j, _, _ in taps], [(-dy, -dx) for *_, dy, dx in taps]
-    )
-    pad_h = max(abs(dy) for *_, dy, _ in taps)
-    pad_w = max(abs(dx) for *_, dx in taps)
-    padded = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+    taps = _valid_taps(kernel.shape[0], dilation, x.shape[1], x.shape[2])
+    weights = [kernel[i, j, 0] for i, j, _, _ in taps]
+    x_grad = _shifted_sum(cotangent, weights, [(-dy, -dx) for *_, dy, dx in taps])
+    windows = _windows(x, [(dy, dx) for *_, dy, dx in taps])
     per_tap = {
-        (i, j): jnp.sum(
-            padded[:, pad_h + dy : pad_h + dy + height, pad_w + dx : pad_w + dx + width]
-            * cotangent,
-            axis=(0, 1, 2),
-        )
-        for i, j, dy, dx in taps
+        (i, j): jnp.sum(window * cotangent, axis=(0, 1, 2))
+        for (i, j, _, _), window in zip(taps, windows, strict=True)
     }
     size, channels = kernel.shape[0], kernel.shape[-1]
     zero = jnp.zeros((channels,), kernel.dtype)
