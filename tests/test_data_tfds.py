@@ -1,17 +1,16 @@
-"""ArrayRecord path: tools/prepare_tfds.py builds, TfdsSource reads (needs tensorflow-datasets)."""
+"""ArrayRecord path: tools/prepare_tfds.py builds, TfdsSource reads (without TensorFlow)."""
 
 import importlib.util
 import os
 import sys
 
+import array_record  # noqa: F401  (test dependency: fail, not skip, without it)
 import numpy as np
 import pytest
+import tensorflow_datasets  # noqa: F401  (test dependency: fail, not skip, without it)
 from test_data_fixtures import write_gta5
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("array_record")
-
-from lcmsm_jax.data import pipeline, rcs, sources  # noqa: E402
+from lcmsm_jax.data import pipeline, rcs, sources
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "prepare_tfds.py")
 
