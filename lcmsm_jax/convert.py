@@ -92,6 +92,7 @@ _SKIP_RULES = [
     (r"^classifier\.", "ImageNet classifier of the SegFormer classification model"),
     (r"^imnet_model\.", "frozen ImageNet model copy (rebuilt from the backbone)"),
     (r"^auxiliary_head\.", "auxiliary head (not part of this model)"),
+    (r"^clip_model\.", "frozen OpenCLIP model (its text embeddings come from lcmsm-embed-text)"),
 ]
 
 _UDA_PREFIXES = {"student": "model.", "teacher": "ema_model."}
@@ -197,6 +198,7 @@ def canonicalize(
     names = {re.sub(r"^(module\.)+", "", k): k for k in state_dict}
     skipped: list[tuple[str, str]] = []
     is_uda = any(n.startswith(("model.", "ema_model.")) for n in names)
+    segformer_head = False
     out: dict[str, Array] = {}
     for name, original in names.items():
         value = np.asarray(state_dict[original])
@@ -211,13 +213,15 @@ def canonicalize(
                 continue
             if name.startswith(wanted):
                 name = name[len(wanted) :]
+        segformer_head = segformer_head or _is_segformer_head(name)
         name = _rename_source(name)
         out_name = name
         if out_name in out:
             raise ValueError(f"two source tensors map to {out_name!r} (second: {original!r})")
         out[out_name] = value
     out = _merge_key_value(out)
-    out = _reorder_segformer_fuse(out)
+    if segformer_head:
+        out = _reorder_segformer_fuse(out)
     kept = {}
     for name, value in out.items():
         reason = next((r for pattern, r in _SKIP_RULES if re.search(pattern, name)), None)
@@ -238,6 +242,11 @@ def _rename_source(name: str) -> str:
     if name.startswith("decode_head."):
         return _apply(_SEGFORMER_HEAD_RENAMES, name)
     return name
+
+
+def _is_segformer_head(name: str) -> bool:
+    """An all-MLP SegFormer head's own names (mmseg's DAFormer head already uses ours)."""
+    return any(re.match(pattern, name) for pattern, _ in _SEGFORMER_HEAD_RENAMES)
 
 
 def _merge_key_value(tensors: dict[str, Array]) -> dict[str, Array]:
@@ -266,6 +275,7 @@ def _reorder_segformer_fuse(tensors: dict[str, Array]) -> dict[str, Array]:
     """SegFormer concatenates levels c4..c1 before its 1x1 fuse conv; we concatenate c1..c4.
 
     Reversing the conv's input-channel blocks makes the two orders compute the same thing.
+    Only for SegFormer heads: the DAFormer head with 1x1 conv fusion concatenates c1..c4.
     """
     name = "decode_head.fuse_layer.conv.weight"
     if name not in tensors or "decode_head.fuse_layer.aspp_modules.0.conv.weight" in tensors:
