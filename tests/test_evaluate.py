@@ -20,6 +20,8 @@ from lcmsm_jax.models import layers
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
 import base  # noqa: E402
+import eval_reference as er  # noqa: E402
+from eval_reference import mmseg_windows  # noqa: E402
 from test_data_fixtures import write_cityscapes  # noqa: E402
 
 CONFIG_FILE = Path(__file__).parents[1] / "configs" / "base.py"
@@ -94,21 +96,6 @@ def fake_logits_fn(num_classes: int = 5, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------- window grid
-
-
-def mmseg_windows(h, w, crop, stride):
-    """Transcription of mmseg 0.16 `slide_inference`'s window loop."""
-    (hc, wc), (hs, ws) = crop, stride
-    h_grids = max(h - hc + hs - 1, 0) // hs + 1
-    w_grids = max(w - wc + ws - 1, 0) // ws + 1
-    boxes = []
-    for hi in range(h_grids):
-        for wi in range(w_grids):
-            y1, x1 = hi * hs, wi * ws
-            y2, x2 = min(y1 + hc, h), min(x1 + wc, w)
-            y1, x1 = max(y2 - hc, 0), max(x2 - wc, 0)
-            boxes.append((y1, y2, x1, x2))
-    return boxes
 
 
 def test_cityscapes_window_grid():
@@ -187,13 +174,8 @@ def test_slide_logits_match_a_torch_transcription_of_mmseg():
 
     images = np.random.default_rng(2).standard_normal((2, 32, 64, 3)).astype(np.float32)
     img = torch.from_numpy(images.transpose(0, 3, 1, 2))
-    preds, count = torch.zeros(2, 5, 32, 64), torch.zeros(2, 1, 32, 64)
-    for y1, y2, x1, x2 in mmseg_windows(32, 64, (32, 32), (16, 16)):
-        crop_logit = F.interpolate(torch_net(img[:, :, y1:y2, x1:x2]), size=(y2 - y1, x2 - x1),
-                                   mode="bilinear", align_corners=False)  # fmt: skip
-        preds += F.pad(crop_logit, (x1, 64 - x2, y1, 32 - y2))
-        count[:, :, y1:y2, x1:x2] += 1
-    want = F.interpolate(preds / count, size=(64, 128), mode="bilinear", align_corners=False)
+    preds = er.slide_inference(torch_net, img, (32, 32), (16, 16))
+    want = F.interpolate(preds, size=(64, 128), mode="bilinear", align_corners=False)
     ours = layers.resize_bilinear(
         inference.slide_logits(fn, jnp.asarray(images), (32, 32), (16, 16)), (64, 128)
     )
@@ -414,23 +396,97 @@ def test_export_round_trip(sharded_runs):
 # ----------------------------------------------------------------------------- command lines
 
 
+# The PyTorch model behind `converted_workdir`: a transformers SegFormer (MiT-B0, all-MLP head
+# with 16 channels = our decode head with fusion "conv") and the reference LC-MSM head with
+# its text projection (16 channels, text width 12), as TINY_OVERRIDES configure the model.
+MIT_B0_CHANNELS = (32, 64, 160, 256)
+# Near-ties of the reference logits. The converted model's logits differ from the
+# reference's by float rounding only: at most 3e-6 (decode head) and 2.5e-5 (LC head, whose
+# logits are ~10x larger) on these images, against median top-2 margins of 0.23 and 1.6. A
+# pixel whose best classes lie within TIE (40x the largest difference) of each other may go
+# either way; every other pixel must get the reference's arg-max.
+TIE = 1e-3
+
+
+def torch_models(npz=None):
+    """(SegformerForSemanticSegmentation, reference LC-MSM head, text projection) in eval
+    mode; with `npz`, loaded from that file (the tensors `lcmsm-convert` read)."""
+    import torch
+    import torch_reference as ref
+    from transformers import SegformerForSemanticSegmentation
+
+    hf = SegformerForSemanticSegmentation(ref.segformer_config(decoder_hidden_size=16))
+    lc_head = ref.LCMSMHead(MIT_B0_CHANNELS, 19, 16, 16)
+    text_proj = torch.nn.Linear(12, 16)
+    if npz is not None:
+        with np.load(npz) as data:
+            state = {k: torch.from_numpy(data[k]) for k in data.files}
+        for prefix, module in (("vlc_head.", lc_head), ("text_embed_net.", text_proj), ("", hf)):
+            own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            module.load_state_dict(own)
+        # The converted MiT has NVlabs' LayerNorm epsilons (1e-6 in the block and stage
+        # norms) where transformers has 1e-5; the reference takes the same (test_model_parity).
+        ref.match_nvlabs_epsilons_(hf)
+    return hf.eval(), lc_head.eval(), text_proj.eval()
+
+
+def reference_net(npz, head: str):
+    """Images [B, 3, h, w] -> `head`'s logits at stride 4, from the PyTorch models alone."""
+    import torch
+
+    from lcmsm_jax import text
+
+    hf, lc_head, text_proj = torch_models(npz)
+    if head == "decode":
+        return lambda x: hf(pixel_values=x).logits
+    # config.text.embeddings = "random:0": 19 random unit vectors of width 12 (the input).
+    embeddings = torch.from_numpy(text.random_embeddings(0, 19, 12))
+    return lambda x: lc_head(hf.segformer(x, output_hidden_states=True).hidden_states,
+                             text_proj(embeddings))  # fmt: skip
+
+
+def reference_segment(net, image: np.ndarray) -> np.ndarray:
+    """Logits [K, H, W] of one uint8 image at its own resolution, as TINY_OVERRIDES evaluate:
+    keep-ratio resize into (64, 32), slide windows 32x32 with stride 16."""
+    return er.segment(net, image, scale=(64, 32), mode="slide", crop=(32, 32), stride=(16, 16))
+
+
+def check_against_reference(pred: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Assert `pred` [H, W] is the reference's arg-max up to near-ties; returns the reference
+    prediction with those near-ties resolved as `pred` did."""
+    want = logits.argmax(axis=0)
+    agree = er.near_argmax(pred, logits, TIE)
+    wrong = int(np.sum(~agree))
+    assert wrong == 0, f"{wrong} pixels differ from the reference's arg-max beyond a near-tie"
+    assert np.sum(pred != want) <= pred.size // 1000, "too many near-ties resolved otherwise"
+    return np.where(agree, pred, want)
+
+
 @pytest.fixture(scope="module")
 def converted_workdir(tmp_path_factory):
-    """An `lcmsm-convert` result from a random transformers SegFormer (decode fusion conv)."""
+    """An `lcmsm-convert` result from random PyTorch weights (`torch_models`), which are kept
+    in `<workdir>/torch_model.npz`."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import torch_reference as ref
-    from transformers import SegformerForSemanticSegmentation
 
     from lcmsm_jax import convert
 
     torch.manual_seed(0)
-    hf = SegformerForSemanticSegmentation(ref.segformer_config(decoder_hidden_size=16)).eval()
-    ref.randomize_(hf, torch.Generator().manual_seed(1))
+    hf, lc_head, text_proj = torch_models()
+    # A seed with which both heads predict several classes on the val images.
+    generator = torch.Generator().manual_seed(2)
+    for module in (hf, lc_head, text_proj):
+        ref.randomize_(module, generator)
+        er.unit_gain_(module, generator)
+    state = {k: v.numpy() for k, v in hf.state_dict().items()}
+    state |= {f"vlc_head.{k}": v.numpy() for k, v in lc_head.state_dict().items()}
+    state |= {f"text_embed_net.{k}": v.numpy() for k, v in text_proj.state_dict().items()}
     work = tmp_path_factory.mktemp("converted_run")
-    np.savez(work / "segformer.npz", **{k: v.numpy() for k, v in hf.state_dict().items()})
-    argv = ["--config", str(CONFIG_FILE), *TINY_OVERRIDES,
-            "--torch-checkpoint", str(work / "segformer.npz"), "--workdir", str(work)]  # fmt: skip
+    np.savez(work / "torch_model.npz", **state)
+    argv = ["--config", str(CONFIG_FILE), *TINY_OVERRIDES, "--strict", "--workdir", str(work),
+            "--torch-checkpoint", str(work / "torch_model.npz")]  # fmt: skip
     assert convert.main(argv) == 0
     return work
 
@@ -452,31 +508,72 @@ def test_lcmsm_eval_end_to_end_on_a_converted_checkpoint(
     assert set(saved["IoU"]) == set(labels.CITYSCAPES_CLASSES)
     assert math.isfinite(saved["mIoU"]) and saved["inference"]["crop"] == [32, 32]
     assert len(list((tmp_path / "export" / "labelIds").iterdir())) == 6
+
+    # The reference: the split read from disk, transformers' SegFormer through mmseg's test
+    # pipeline, a numpy confusion matrix and mmseg's metrics.
+    label_to_train = np.full(256, 255, np.uint8)
+    for label_id, train_id in er.CITYSCAPES_LABEL_ID_TO_TRAIN_ID.items():
+        label_to_train[label_id] = train_id
+    net = reference_net(converted_workdir / "torch_model.npz", "decode")
+    conf = np.zeros((19, 19), np.int64)
+    images = sorted((root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))
+    assert len(images) == 6
+    for path in images:
+        image = er.read_rgb(path)
+        gt = path.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+        label = er.read_train_ids(root / "gtFine" / "val" / path.parent.name / gt)
+        logits = reference_segment(net, image)
+        with Image.open(tmp_path / "export" / "labelIds" / path.name) as im:
+            exported = label_to_train[np.asarray(im)]
+        conf += er.confusion(check_against_reference(exported, logits), label)
+    # Predictions that are constant or ignore the image would make a weak check.
+    assert np.count_nonzero(conf.sum(axis=0)) >= 5
+    np.testing.assert_array_equal(np.array(saved["confusion"]), conf)
+    want = er.metrics(conf)
+    assert saved["num_pixels"] == conf.sum()
+    for key in ("mIoU", "mAcc", "aAcc"):
+        assert saved[key] == pytest.approx(want[key], abs=1e-6, nan_ok=True), key
+    for key in ("IoU", "Acc"):  # JSON writes NaN as null
+        got = [saved[key][c] for c in labels.CITYSCAPES_CLASSES]
+        got = np.array([math.nan if v is None else v for v in got])
+        np.testing.assert_allclose(got, want[key], atol=1e-6, rtol=0)
+    assert np.isnan(want["IoU"]).any()  # classes in neither prediction nor label: NaN
     # Non-default choices get their own file.
     assert evaluate.results_tag(None, "student", "lcmsm") == "converted_lcmsm"
     assert evaluate.results_tag(2000, "teacher", "decode") == "2000_teacher"
 
 
 @pytest.mark.torch
-def test_lcmsm_predict_on_a_converted_checkpoint(converted_workdir, val_root, tmp_path, capsys):
+@pytest.mark.parametrize("head", ["decode", "lcmsm"])
+def test_lcmsm_predict_on_a_converted_checkpoint(
+    converted_workdir, val_root, tmp_path, capsys, head
+):
     root, _ = val_root
     folder = root / "leftImg8bit" / "val" / "frankfurt"
-    # The LC head, with config.text.embeddings = random:0 projected by the converted weights.
+    # The LC head uses config.text.embeddings = random:0 projected by the converted weights.
     argv = ["--config", str(CONFIG_FILE), *TINY_OVERRIDES, "--workdir", str(converted_workdir),
             "--images", str(folder), "--out", str(tmp_path / "pred"),
-            "--head", "lcmsm"]  # fmt: skip
+            "--head", head]  # fmt: skip
     assert predict.main(argv) == 0
     out = capsys.readouterr().out
-    assert "(student weights, lcmsm head)" in out and "predict: 2/2 images (100%)" in out
-    for image in sorted(folder.iterdir()):
-        stem = image.stem
-        with Image.open(tmp_path / "pred" / f"{stem}_trainIds.png") as im:
+    assert f"(student weights, {head} head)" in out and "predict: 2/2 images (100%)" in out
+    net = reference_net(converted_workdir / "torch_model.npz", head)
+    for path in sorted(folder.iterdir()):
+        image = er.read_rgb(path)
+        with Image.open(tmp_path / "pred" / f"{path.stem}_trainIds.png") as im:
             assert im.mode == "L" and (im.height, im.width) == IMAGE_SIZE
             train_ids = np.asarray(im)
         assert train_ids.max() < 19
-        for kind in ("color", "overlay"):
-            with Image.open(tmp_path / "pred" / f"{stem}_{kind}.png") as im:
-                assert im.mode == "RGB" and (im.height, im.width) == IMAGE_SIZE
+        logits = reference_segment(net, image)
+        check_against_reference(train_ids, logits)
+        assert len(np.unique(train_ids)) >= 3
+        with Image.open(tmp_path / "pred" / f"{path.stem}_color.png") as im:
+            assert im.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(im), er.CITYSCAPES_COLOURS[train_ids])
+        with Image.open(tmp_path / "pred" / f"{path.stem}_overlay.png") as im:
+            assert im.mode == "RGB"
+            half = (image.astype(np.float64) + er.CITYSCAPES_COLOURS[train_ids]) / 2
+            assert np.abs(np.asarray(im) - half).max() <= 0.5  # half and half, rounded
     # A glob gives the same images.
     assert [p.name for p in predict.find_images(str(folder / "*.png"))] == sorted(
         p.name for p in folder.iterdir()
