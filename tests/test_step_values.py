@@ -286,8 +286,9 @@ def numpy_ema(history, alpha_max):
 
 def test_teacher_is_the_ema_of_the_student_history(model_state):
     """Four real steps; the fourth step's pseudo-labels come from the EMA parameters."""
-    # Only the terms that need the teacher (source and mix): a smaller program to compile.
-    config = value_config(masked_source=False, masked_mix=False, feature_distance_weight=0.0)
+    # A smaller program to compile: source, masked source (which trains the LC-MSM head and
+    # the text projection the teacher borrows) and mix.
+    config = value_config(masked_mix=False, feature_distance_weight=0.0)
     config.optim.lr = 1e-3  # visible parameter changes within a few steps
     config.optim.warmup_steps = 0
     config.uda.alpha = 0.6  # caps from t = 3 on: the update rule past the ramp is used too
@@ -314,6 +315,10 @@ def test_teacher_is_the_ema_of_the_student_history(model_state):
         for a, b in zip(jax.tree.leaves(history[-1]), jax.tree.leaves(teacher_params), strict=True)
     ]
     assert max(moved) > 1e-3
+    # The student's text projection moved too, so the teacher borrowing the student's (not
+    # its own EMA copy) is visible in its pseudo-labels.
+    kernel = lambda tree: np.asarray(tree["text_embed_net"]["kernel"])  # noqa: E731
+    assert np.max(np.abs(kernel(history[-1]) - kernel(teacher_params))) > 1e-4
 
     # The fourth step's teacher forward, recomputed: EMA parameters, train-mode BN, the
     # student's (pre-update) text projection.
