@@ -652,3 +652,19 @@ def lc_msm_model_cfg(
             **common,
         },
     }
+
+
+def lc_msm_head(in_channels, num_classes, *, embed_dims, channels, **options) -> LCMSMHead:
+    """The `vlc_head` of `lc_msm_model_cfg` on its own at the given widths, built as
+    `TigDAEncoderDecoder.__init__` builds it (config `vlc_head` with the segmentor's `tau`).
+    `options`: the keyword options of `lc_msm_model_cfg` (fusion, dilations, tau, ...)."""
+    cfg = lc_msm_model_cfg(
+        in_channels,
+        num_classes,
+        decode_embed=embed_dims,
+        decode_channels=channels,
+        vlc_embed=embed_dims,
+        vlc_channels=channels,
+        **options,
+    )
+    return build_head(dict(cfg["vlc_head"], tau=cfg["tau"]))

@@ -1,6 +1,7 @@
-"""Parity of our models + converter with independent PyTorch references."""
+"""Parity of our models + converter with PyTorch references: transformers' SegFormer
+(`torch_reference.py` renames its MiT weights to NVlabs names) and, for UDA checkpoints, the
+transcribed official LC-MSM heads (`official_heads.py`)."""
 
-import copy
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lcmsm_jax import convert, models  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
 import base  # noqa: E402
+import official_heads as official  # noqa: E402
 import torch_reference as ref  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -163,56 +165,68 @@ def lcmsm_model_config():
 
 
 def make_torch_copy(seed):
-    """HF MiT-B0 backbone + reference DAFormer head + reference LC-MSM head."""
+    """HF MiT-B0 backbone + the official heads (`TigDAEncoderDecoder`: `decode_head` and
+    `vlc_head`, separable ASPP fusion, widths 32)."""
     torch.manual_seed(seed)
     backbone = SegformerModel(ref.segformer_config())
     ref.match_nvlabs_epsilons_(backbone)
-    decode = ref.DAFormerHead(IN_CHANNELS, 19, 32, 32)
-    lcmsm = ref.LCMSMHead(IN_CHANNELS, 19, 32, 32)
+    segmentor = official.TigDAEncoderDecoder(
+        **official.lc_msm_model_cfg(
+            IN_CHANNELS, 19, decode_embed=32, decode_channels=32, vlc_embed=32, vlc_channels=32
+        )
+    )
     gen = torch.Generator().manual_seed(seed + 100)
-    for module in (backbone, decode, lcmsm):
+    for module in (backbone, segmentor):
         ref.randomize_(module, gen)
-    return backbone.eval(), decode.eval(), lcmsm.eval()
+    return backbone.eval(), segmentor.eval()
 
 
-def uda_state_dict(student, teacher, text_proj):
+def uda_state_dict(student, teacher, text_embed_net):
+    """The layout of an official `DACSTigDA` checkpoint: segmentors `model.*` (student) and
+    `ema_model.*` (teacher), `text_embed_net.*`, the frozen `imnet_model.*`, all under the
+    `module.` prefix of a distributed wrapper."""
     state = {}
-    for prefix, (backbone, decode, lcmsm) in (("model.", student), ("ema_model.", teacher)):
+    for prefix, (backbone, segmentor) in (("model.", student), ("ema_model.", teacher)):
         for k, v in ref.hf_to_nvlabs_names(backbone.state_dict()).items():
             state[f"{prefix}backbone.{k}"] = v.numpy()
-        for k, v in decode.state_dict().items():
-            state[f"{prefix}decode_head.{k}"] = v.numpy()
-        for k, v in lcmsm.state_dict().items():
-            state[f"{prefix}vlc_head.{k}"] = v.numpy()
-    for k, v in text_proj.state_dict().items():
+        for k, v in segmentor.state_dict().items():  # decode_head.*, vlc_head.*
+            state[f"{prefix}{k}"] = v.numpy()
+    for k, v in text_embed_net.state_dict().items():
         state[f"text_embed_net.{k}"] = v.numpy()
     state["imnet_model.backbone.patch_embed1.proj.weight"] = np.zeros((32, 3, 7, 7), np.float32)
     return {f"module.{k}": v for k, v in state.items()}
 
 
-def torch_forward(copy_, text_proj, images, text, train=False):
-    backbone, decode, lcmsm = copy_
-    for m in (decode, lcmsm):
-        m.train(train)
-        m.dropout.p = 0.0
+def torch_forward(copy_, text_embed_net, images, text, train=False):
+    backbone, segmentor = copy_
+    segmentor.train(train)
+    for head in (segmentor.decode_head, segmentor.vlc_head):
+        head.dropout.p = 0.0
     x = torch.from_numpy(images.transpose(0, 3, 1, 2))
     with torch.no_grad():
         feats = backbone(x, output_hidden_states=True).hidden_states
-        t = text_proj(torch.from_numpy(text))
-        return nchw_to_nhwc(decode(feats)), nchw_to_nhwc(lcmsm(feats, t))
+        t = text_embed_net(torch.from_numpy(text))
+        return (
+            nchw_to_nhwc(segmentor._decode_head_forward_test(feats)),
+            nchw_to_nhwc(segmentor._vlc_head_forward_test(feats, t)),
+        )
+
+
+STUDENT_SEED, TEACHER_SEED = 10, 20
 
 
 @pytest.fixture(scope="module")
 def uda_checkpoint():
-    student, teacher = make_torch_copy(10), make_torch_copy(20)
+    student, teacher = make_torch_copy(STUDENT_SEED), make_torch_copy(TEACHER_SEED)
     torch.manual_seed(30)
-    text_proj = torch.nn.Linear(24, 32)
-    return student, teacher, text_proj, uda_state_dict(student, teacher, text_proj)
+    # `DACSTigDA.text_embed_net`: raw text features (width 24) -> the LC-MSM head width.
+    text_embed_net = torch.nn.Linear(24, 32)
+    return student, teacher, text_embed_net, uda_state_dict(student, teacher, text_embed_net)
 
 
 @pytest.mark.parametrize("weights", ["student", "teacher"])
 def test_uda_checkpoint_student_and_teacher(uda_checkpoint, weights):
-    student, teacher, text_proj, state = uda_checkpoint
+    student, teacher, text_embed_net, state = uda_checkpoint
     model = models.Segmentor(lcmsm_model_config(), rngs=nnx.Rngs(0))
     report = convert.load_torch_state_dict(model, state, weights=weights, strict=True)
     assert report.missing == [] and report.unmatched == []
@@ -223,7 +237,7 @@ def test_uda_checkpoint_student_and_teacher(uda_checkpoint, weights):
     images = rng.standard_normal((2, 64, 96, 3)).astype(np.float32)
     text = rng.standard_normal((19, 24)).astype(np.float32)
     want_decode, want_lcmsm = torch_forward(
-        student if weights == "student" else teacher, text_proj, images, text
+        student if weights == "student" else teacher, text_embed_net, images, text
     )
     out = jax.jit(lambda x, t: model(x, t))(images, text)
     assert rel_err(out["decode"], want_decode) <= TOL
@@ -232,18 +246,20 @@ def test_uda_checkpoint_student_and_teacher(uda_checkpoint, weights):
 
 def test_train_mode_batchnorm_matches_torch(uda_checkpoint):
     """Batch statistics in the forward and torch's running-stat update (unbiased variance)."""
-    student, _, text_proj, state = uda_checkpoint
+    _, _, text_embed_net, state = uda_checkpoint
     model = models.Segmentor(lcmsm_model_config(), rngs=nnx.Rngs(0))
     convert.load_torch_state_dict(model, state)
     rng = np.random.default_rng(8)
     images = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
     text = rng.standard_normal((19, 24)).astype(np.float32)
-    torch_copy = copy.deepcopy(student)
-    want_decode, want_lcmsm = torch_forward(torch_copy, text_proj, images, text, train=True)
+    # A fresh student (train mode updates its BN running statistics in place). Rebuilt, not
+    # deep-copied: the LC-MSM head's `logit_scale` is a graph output, which deepcopy refuses.
+    torch_copy = make_torch_copy(STUDENT_SEED)
+    want_decode, want_lcmsm = torch_forward(torch_copy, text_embed_net, images, text, train=True)
     out = model(images, text, train=True)
     assert rel_err(out["decode"], want_decode) <= 1e-4
     assert rel_err(out["lcmsm"], want_lcmsm) <= 1e-4
-    bn = torch_copy[1].fuse_layer.aspp_modules[2].depthwise_conv.bn
+    bn = torch_copy[1].decode_head.fuse_layer.aspp_modules[2].depthwise_conv.bn
     ours = model.decode_head.fuse_layer.aspp_modules[2].depthwise_conv.bn
     np.testing.assert_allclose(ours.mean[...], bn.running_mean.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(ours.var[...], bn.running_var.numpy(), rtol=1e-4, atol=1e-6)

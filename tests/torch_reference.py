@@ -1,124 +1,13 @@
-"""Independent PyTorch references for tests: the DAFormer and LC-MSM heads written from
-METHOD.md §2.2-2.3 with mmseg's parameter names, a tiny SegFormer config from
-`transformers`, and a renaming of its weights into NVlabs/mmseg MiT names.
+"""PyTorch-side helpers for the parity tests: a SegFormer config for `transformers` (MiT-B0
+by default), NVlabs' LayerNorm epsilons on it, a renaming of its MiT weights to
+NVlabs/mmseg names, and a randomisation of norm/bias/BatchNorm values. The official LC-MSM
+heads are transcribed in `official_heads.py`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-
-class ConvBNReLU(nn.Module):
-    def __init__(self, cin, cout, k, dilation=1, groups=1):
-        super().__init__()
-        self.conv = nn.Conv2d(
-            cin, cout, k, padding=dilation * (k // 2), dilation=dilation, groups=groups, bias=False
-        )
-        self.bn = nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-class SeparableConvBNReLU(nn.Module):
-    def __init__(self, cin, cout, dilation):
-        super().__init__()
-        self.depthwise_conv = ConvBNReLU(cin, cin, 3, dilation=dilation, groups=cin)
-        self.pointwise_conv = ConvBNReLU(cin, cout, 1)
-
-    def forward(self, x):
-        return self.pointwise_conv(self.depthwise_conv(x))
-
-
-class SeparableASPP(nn.Module):
-    def __init__(self, cin, ch, dilations):
-        super().__init__()
-        self.aspp_modules = nn.ModuleList(
-            [
-                ConvBNReLU(cin, ch, 1) if d == 1 else SeparableConvBNReLU(cin, ch, d)
-                for d in dilations
-            ]
-        )
-        self.bottleneck = ConvBNReLU(len(dilations) * ch, ch, 3)
-
-    def forward(self, x):
-        return self.bottleneck(torch.cat([m(x) for m in self.aspp_modules], dim=1))
-
-
-class Embed(nn.Module):
-    def __init__(self, cin, dim):
-        super().__init__()
-        self.proj = nn.Linear(cin, dim)
-
-    def forward(self, x):
-        b, _, h, w = x.shape
-        y = self.proj(x.flatten(2).transpose(1, 2))
-        return y.transpose(1, 2).reshape(b, -1, h, w)
-
-
-class DAFormerHead(nn.Module):
-    def __init__(self, in_channels, num_classes, embed_dim, channels, dilations=(1, 6, 12, 18)):
-        super().__init__()
-        self.embed_layers = nn.ModuleDict(
-            {str(i): Embed(c, embed_dim) for i, c in enumerate(in_channels)}
-        )
-        self.fuse_layer = SeparableASPP(embed_dim * len(in_channels), channels, dilations)
-        self.dropout = nn.Dropout2d(0.1)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-
-    def fused(self, feats):
-        size = feats[0].shape[2:]
-        embedded = [
-            F.interpolate(
-                self.embed_layers[str(i)](f), size=size, mode="bilinear", align_corners=False
-            )
-            for i, f in enumerate(feats)
-        ]
-        return self.fuse_layer(torch.cat(embedded, dim=1))
-
-    def forward(self, feats):
-        return self.conv_seg(self.dropout(self.fused(feats)))
-
-
-class SingleChannelConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.depthwise = nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        return self.depthwise(x.reshape(-1, 1, h, w)).view(b, c, h, w)
-
-
-class BottleneckBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.depthwise = SingleChannelConv()
-
-    def forward(self, x, act=True):
-        y = self.depthwise(x) + x.max(dim=1, keepdim=True)[0]
-        return F.relu(y) if act else y
-
-
-class LCMSMHead(DAFormerHead):
-    def __init__(self, in_channels, num_classes, embed_dim, channels, tau=0.07, depth=2):
-        super().__init__(in_channels, num_classes, embed_dim, channels)
-        self.conv_seg = nn.Conv2d(channels + num_classes, num_classes, 1)
-        self.spatial_block = BottleneckBlock()
-        self.scale = 1.0 / tau
-        self.depth = depth
-
-    def forward(self, feats, text):
-        fused = self.fused(feats)
-        pixels = fused / fused.norm(dim=1, keepdim=True)
-        text = text / text.norm(dim=-1, keepdim=True)
-        maps = self.scale * torch.einsum("bchw,kc->bkhw", pixels, text)
-        for _ in range(self.depth - 1):
-            maps = self.spatial_block(maps)
-        maps = self.spatial_block(maps, False)
-        return self.conv_seg(self.dropout(torch.cat([fused, maps], dim=1)))
 
 
 def randomize_(module: nn.Module, generator: torch.Generator) -> None:
