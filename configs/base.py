@@ -143,9 +143,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.steps = 60_000
     config.train.log_every = 50
     config.train.eval_every = 2_000  # 0 = only at the end, -1 = never
+    # Also checkpointed: the last step, and the current one on SIGTERM/SIGINT (preemption).
     config.train.checkpoint_every = 20_000
     config.train.stop_at = 0  # > 0: checkpoint and stop at this step (time-limited jobs)
-    config.train.keep_checkpoints = 1
+    config.train.keep_checkpoints = 1  # newest checkpoints kept (>= 1)
     config.train.image_every = 1_000  # debug panels; 0 = never
     config.train.init = ""  # an `lcmsm-convert` workdir to start from
     config.train.pretrained = ""  # ImageNet MiT checkpoint (mit_b5.pth) for the backbone

@@ -1,52 +1,68 @@
-"""Console entry points. Each one only hands the command line to the module that does the work."""
+"""Console entry points. Each one hands the command line to the module that does the work,
+through `config_cli.run_main`: user mistakes end in one line (exit 2 for usage, 1 for data
+and runtime failures) instead of a traceback; `--debug` or LCMSM_DEBUG=1 shows it."""
 
+import importlib
 import sys
+
+from lcmsm_jax import config_cli
+
+# Command -> module whose `main(argv) -> int` runs it.
+COMMANDS = {
+    "lcmsm-train": "lcmsm_jax.train",
+    "lcmsm-eval": "lcmsm_jax.evaluate",
+    "lcmsm-predict": "lcmsm_jax.predict",
+    "lcmsm-convert": "lcmsm_jax.convert",
+    "lcmsm-embed-text": "lcmsm_jax.clip_text",
+    "lcmsm-benchmark": "lcmsm_jax.benchmark",
+    "lcmsm-prepare": "lcmsm_jax.data.prepare",
+}
+
+
+def run(prog: str, argv: list[str]) -> int:
+    """Run command `prog` with `argv` (without the program name); returns the exit status."""
+
+    def main(args: list[str]) -> int | None:
+        # Imported here so that a command's own import errors are reported like the rest,
+        # and `--help` of one command does not import the others.
+        return importlib.import_module(COMMANDS[prog]).main(args)
+
+    try:
+        return config_cli.run_main(prog, argv, main)
+    except SystemExit as exit_:  # --help and argparse usage errors
+        return exit_.code if isinstance(exit_.code, int) else 1 if exit_.code else 0
 
 
 def convert() -> None:
     """`lcmsm-convert`: PyTorch checkpoint -> orbax model checkpoint."""
-    from lcmsm_jax import convert as convert_module
-
-    sys.exit(convert_module.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-convert", sys.argv[1:]))
 
 
 def embed_text() -> None:
     """`lcmsm-embed-text`: class-name prompts -> frozen OpenCLIP text embeddings (.npz)."""
-    from lcmsm_jax import clip_text
-
-    sys.exit(clip_text.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-embed-text", sys.argv[1:]))
 
 
 def benchmark() -> None:
     """`lcmsm-benchmark`: model forward timings, optionally next to PyTorch."""
-    from lcmsm_jax import benchmark as benchmark_module
-
-    sys.exit(benchmark_module.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-benchmark", sys.argv[1:]))
 
 
 def prepare() -> None:
     """`lcmsm-prepare`: validate a dataset layout and write rare-class statistics."""
-    from lcmsm_jax.data import prepare as prepare_module
-
-    sys.exit(prepare_module.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-prepare", sys.argv[1:]))
 
 
 def train() -> None:
     """`lcmsm-train`: run or resume training."""
-    from lcmsm_jax import train as train_module
-
-    sys.exit(train_module.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-train", sys.argv[1:]))
 
 
 def evaluate() -> None:
     """`lcmsm-eval`: mIoU of a run's checkpoint; Cityscapes benchmark export."""
-    from lcmsm_jax import evaluate as evaluate_module
-
-    sys.exit(evaluate_module.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-eval", sys.argv[1:]))
 
 
 def predict() -> None:
     """`lcmsm-predict`: trainId, colour and overlay PNGs for any images."""
-    from lcmsm_jax import predict as predict_module
-
-    sys.exit(predict_module.main(sys.argv[1:]))
+    sys.exit(run("lcmsm-predict", sys.argv[1:]))

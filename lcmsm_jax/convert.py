@@ -133,36 +133,95 @@ class ConversionReport:
 # ----------------------------------------------------------------------------- reading files
 
 
+class CheckpointFormatError(ValueError):
+    """A checkpoint file whose content cannot be read as a state_dict; names the file."""
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Array]:
     """Read a `.pth`/`.pt`/`.bin` (needs torch), `.safetensors` or `.npz` into name -> array.
 
     mmcv checkpoints wrap the tensors in {"state_dict": ..., "meta": ...}; that is unwrapped.
+    Raises FileNotFoundError for a missing file, ImportError when reading it needs PyTorch,
+    and CheckpointFormatError naming the file when its content is not such a checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        try:
-            import torch
-        except ImportError as err:
-            raise ImportError(
-                f"reading {path} needs PyTorch; install it or convert the file to .safetensors/.npz"
-            ) from err
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        raw = _unwrap(raw, path)
-        return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-                for k, v in raw.items() if isinstance(v, torch.Tensor)}  # fmt: skip
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
+    readers = dict.fromkeys((".pth", ".pt", ".bin", ".ckpt"), _read_torch)
+    readers |= {".safetensors": _read_safetensors, ".npz": _read_npz}
+    if suffix not in readers:
+        raise ValueError(
+            f"{path}: unknown checkpoint type {suffix!r}; expected .pth, .safetensors or .npz"
+        )
+    try:
+        return readers[suffix](path)
+    except (ImportError, CheckpointFormatError):
+        raise
+    except OSError as err:
+        if err.errno is not None:
+            raise  # a real I/O error (permissions, disk), not the file's content
+        raise _not_a_checkpoint(path, err) from err
+    except Exception as err:  # noqa: BLE001  (each format library fails in its own way)
+        raise _not_a_checkpoint(path, err) from err
 
-        return dict(load_file(str(path)))
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    raise ValueError(
-        f"{path}: unknown checkpoint type {suffix!r}; expected .pth, .safetensors or .npz"
+
+def _not_a_checkpoint(path: Path, err: Exception) -> CheckpointFormatError:
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    detail = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+    if "Weights only load failed" in first_line:
+        return CheckpointFormatError(
+            f"{path} holds Python objects besides tensors, which are not loaded for safety "
+            f"({detail}); save just its state_dict, e.g. torch.save(ckpt['state_dict'], "
+            "'weights.pth'), or convert it to .safetensors"
+        )
+    if "Object arrays" in first_line:
+        return CheckpointFormatError(
+            f"{path} holds object arrays, which are not loaded for safety ({detail}); save "
+            "only numeric arrays: np.savez(path, **{name: array})"
+        )
+    return CheckpointFormatError(
+        f"{path} is not a PyTorch/safetensors/npz checkpoint ({detail}); check that the file "
+        "was downloaded completely"
     )
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(6)
+
+
+def _read_torch(path: Path) -> dict[str, Array]:
+    magic = _magic(path)
+    # torch.save writes a zip archive (legacy files: a pickle, protocol >= 2); torch.load
+    # takes anything else for a pickle too and fails with unrelated messages (KeyError: 101).
+    if not magic.startswith((b"PK\x03\x04", b"\x80")):
+        raise _not_a_checkpoint(path, ValueError(f"starts with {magic!r}"))
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            f"reading {path} needs PyTorch; install it or convert the file to .safetensors/.npz"
+        ) from err
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = _unwrap(raw, path)
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in raw.items() if isinstance(v, torch.Tensor)}  # fmt: skip
+
+
+def _read_safetensors(path: Path) -> dict[str, Array]:
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(path)))
+
+
+def _read_npz(path: Path) -> dict[str, Array]:
+    magic = _magic(path)
+    # np.load takes any other content for a pickle and says so, which misleads.
+    if not magic.startswith(b"PK\x03\x04"):
+        raise _not_a_checkpoint(path, ValueError(f"starts with {magic!r}, not a zip archive"))
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _unwrap(raw, path: Path) -> Mapping:
@@ -170,7 +229,7 @@ def _unwrap(raw, path: Path) -> Mapping:
         if isinstance(raw, Mapping) and key in raw and isinstance(raw[key], Mapping):
             return raw[key]
     if not isinstance(raw, Mapping):
-        raise ValueError(
+        raise CheckpointFormatError(
             f"{path}: expected a state_dict (name -> tensor), got {type(raw).__name__}"
         )
     return raw
@@ -328,6 +387,7 @@ def load_torch_state_dict(
     *,
     weights: str = "student",
     strict: bool = False,
+    dry_run: bool = False,
 ) -> ConversionReport:
     """Fill `model` (in place) from a PyTorch state_dict of name -> array.
 
@@ -336,6 +396,8 @@ def load_torch_state_dict(
       state_dict: source tensors, any naming scheme listed in this module's docstring.
       weights: for UDA checkpoints, "student" (`model.*`) or "teacher" (`ema_model.*`).
       strict: raise if a source tensor matches nothing or a model variable stays unfilled.
+      dry_run: only match and report, leaving `model` as it is; it may then be abstract
+        (`nnx.eval_shape`), which checks a checkpoint without initialising a model.
     Returns:
       A ConversionReport. Raises ValueError on a shape mismatch, naming both tensors.
     """
@@ -362,14 +424,16 @@ def load_torch_state_dict(
             raise ValueError(
                 f"shape mismatch: source {name!r} {tuple(value.shape)} -> model "
                 f"{_dotted(full)!r} expects {expected} (after layout conversion: "
-                f"{tuple(converted.shape)})"
+                f"{tuple(converted.shape)}); check that config.model (backbone, head widths, "
+                "fusion) describes the checkpoint's network"
             )
         filled[full] = converted.astype(variables[full].dtype)
         report.loaded.append((name, _dotted(full)))
     report.missing = sorted(_dotted(p) for p in variables if p not in filled)
     if strict and (report.unmatched or report.missing):
         raise ValueError("strict conversion failed:\n" + report.summary())
-    _assign(model, filled)
+    if not dry_run:
+        _assign(model, filled)
     return report
 
 
@@ -389,12 +453,47 @@ def _dotted(path: tuple) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+# Below this fraction of the model's variables filled, the checkpoint is taken to be of another
+# network (or of a naming scheme this module does not know). An ImageNet MiT backbone alone
+# fills 63% (MiT-B0) to 91% (MiT-B5) of a Segmentor's variables.
+MIN_FILLED_FRACTION = 0.5
+
+
+class PartialConversionError(ValueError):
+    """Too few model variables were filled; the message counts them and shows unmatched names."""
+
+
+def check_filled(
+    report: ConversionReport, source: str | os.PathLike, minimum: float = MIN_FILLED_FRACTION
+) -> None:
+    """Raise PartialConversionError when fewer than `minimum` of the model's variables were
+    filled from `source`."""
+    total = len(report.loaded) + len(report.missing)
+    if total == 0 or len(report.loaded) >= minimum * total:
+        return
+    if report.unmatched:
+        shown = ", ".join(report.unmatched[:5])
+        left = f"{len(report.unmatched)} source tensors match no model variable (e.g. {shown})"
+    else:
+        left = f"the file has no other tensors ({len(report.skipped)} skipped)"
+    raise PartialConversionError(
+        f"{source}: {len(report.loaded)} tensors matched, filling {len(report.loaded)} of "
+        f"{total} model variables ({len(report.loaded) / total:.0%}, less than {minimum:.0%}); "
+        f"{left}. Is it a checkpoint of this network (config.model)? Nothing was written; "
+        "--allow-partial writes it with the other variables randomly initialised"
+    )
+
 
 def main(argv: list[str] | None = None) -> int:
-    """`lcmsm-convert --config C.py --torch-checkpoint F.pth --workdir DIR [--weights ...]`."""
+    """`lcmsm-convert --config C.py --torch-checkpoint F.pth --workdir DIR [--weights ...]`.
+
+    Writes nothing when fewer than MIN_FILLED_FRACTION of the model's variables were filled
+    (PartialConversionError), unless --allow-partial. Usage errors: message and exit 2; data
+    failures are raised (`lcmsm_jax.cli` reports them in one line).
+    """
     from absl import flags
 
-    from lcmsm_jax import checkpoint, config_cli, models
+    from lcmsm_jax import checkpoint, config_checks, config_cli, models
 
     def define(fv: flags.FlagValues) -> None:
         flags.DEFINE_string("torch_checkpoint", None, "PyTorch .pth, .safetensors or .npz file.",
@@ -406,25 +505,39 @@ def main(argv: list[str] | None = None) -> int:
                           flag_values=fv)  # fmt: skip
         flags.DEFINE_bool("strict", False, "Fail if any tensor or model variable is left over.",
                           flag_values=fv)  # fmt: skip
+        flags.DEFINE_bool("allow_partial", False,
+                          f"Write the result even if less than {MIN_FILLED_FRACTION:.0%} of the "
+                          "model's variables were filled.", flag_values=fv)  # fmt: skip
         flags.DEFINE_integer("seed", 0, "Seed for variables the checkpoint does not fill.",
                              flag_values=fv)  # fmt: skip
 
     try:
         flag_values = config_cli.parse(
-            "lcmsm-convert", argv, define, required=("torch_checkpoint", "workdir")
-        )
+            "lcmsm-convert", argv, define, required=("torch_checkpoint", "workdir"),
+            description="Convert a PyTorch checkpoint into <workdir>/converted.",
+        )  # fmt: skip
+        config_checks.check_model_config(flag_values.config)
     except config_cli.UsageError as err:
-        print(err)
-        return 2
+        return config_cli.report_usage("lcmsm-convert", err)
     config = flag_values.config
-    model = models.Segmentor(config.model, rngs=nnx.Rngs(flag_values.seed))
+    target = (Path(flag_values.workdir) / checkpoint.CONVERTED).absolute()
+    if target.exists():  # checked first: converting a large checkpoint takes a while
+        raise FileExistsError(f"{target} already exists; remove it or choose another --workdir")
     source = read_state_dict(flag_values.torch_checkpoint)
     print(f"read {len(source)} tensors from {flag_values.torch_checkpoint}")
-    report = load_torch_state_dict(
-        model, source, weights=flag_values.weights, strict=flag_values.strict
-    )
+    options = dict(weights=flag_values.weights, strict=flag_values.strict)
+
+    def build() -> models.Segmentor:
+        return models.Segmentor(config.model, rngs=nnx.Rngs(flag_values.seed))
+
+    # Match against the model's shapes first: a checkpoint of another network fails in
+    # seconds, before the (slow) initialisation of the real model.
+    report = load_torch_state_dict(nnx.eval_shape(build), source, **options, dry_run=True)
+    if not flag_values.allow_partial:
+        check_filled(report, flag_values.torch_checkpoint)
+    model = build()
+    report = load_torch_state_dict(model, source, **options)
     print(report.summary())
-    target = Path(flag_values.workdir) / "converted"
     checkpoint.save_model(
         target,
         model,

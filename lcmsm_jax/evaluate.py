@@ -524,13 +524,16 @@ def evaluate_run(
 def main(argv: list[str] | None = None) -> int:
     """`lcmsm-eval --config C.py --workdir DIR [--step N] [--weights ...] [--head ...]
     [--export-dir DIR] [--config.a.b=v ...]`."""
-    from lcmsm_jax import config_cli
+    from lcmsm_jax import config_checks, config_cli
 
     try:
-        fv = config_cli.parse("lcmsm-eval", argv, _define_eval_flags, required=("workdir",))
+        fv = config_cli.parse(
+            "lcmsm-eval", argv, _define_eval_flags, required=("workdir",),
+            description="mIoU of a run's checkpoint on config.data.eval.",
+        )  # fmt: skip
+        config_checks.check_eval_config(fv.config)
     except config_cli.UsageError as err:
-        print(err)
-        return 2
+        return config_cli.report_usage("lcmsm-eval", err)
     try:
         evaluate_run(
             fv.config,
@@ -542,6 +545,5 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (FileNotFoundError, ValueError) as err:
         # Missing checkpoints or data, a config value out of range: the message names it.
-        print(f"lcmsm-eval: {err}")
-        return 1
+        return config_cli.report_failure("lcmsm-eval", err)
     return 0

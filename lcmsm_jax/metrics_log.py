@@ -13,16 +13,24 @@ import numpy as np
 
 
 class MetricsLog:
-    """Appends one JSON line per record and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per record and mirrors scalars to TensorBoard.
 
-    def __init__(self, workdir: str | os.PathLike):
+    `start_step` is the step the run (re)starts from. Records an earlier session logged after
+    it (that session stopped before checkpointing them; they will be logged again) are
+    dropped from metrics.jsonl (`dropped` counts them) and TensorBoard is told to hide its
+    own (`purge_step`), so a resumed run's logs read as one uninterrupted run.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, start_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
+        self.dropped = 0
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self.dropped = drop_after(self.path, start_step)
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=start_step + 1)
 
     def write(self, step: int, values: dict, *, prefix: str = "") -> None:
         """Record `values` (scalars; nested dicts flattened with '/') at `step`."""
@@ -40,6 +48,31 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def drop_after(path: Path, step: int) -> int:
+    """Keep the records of a metrics.jsonl up to `step`; returns how many were dropped.
+
+    Lines that do not parse (a record cut off by a kill) are dropped too. The file is
+    replaced atomically, so an interruption leaves either the old or the new one.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text("".join(kept))
+        os.replace(partial, path)
+    return dropped
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

@@ -6,11 +6,16 @@ whole, head); the prediction is at the image's own resolution. Per image `<stem>
 output folder gets `<stem>_trainIds.png` (grey, trainIds 0..18), `<stem>_color.png`
 (Cityscapes palette) and `<stem>_overlay.png` (image and colours blended half and half).
 Consecutive images of one size are batched; each size compiles once.
+
+An image that cannot be read (not an image, truncated, corrupt) is skipped with a warning
+naming it, and the skipped ones are counted at the end. The command exits 0 when at least
+one image was predicted (check the count) and 1 when none was.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import glob
 import itertools
 import os
@@ -47,13 +52,71 @@ def find_images(spec: str) -> list[Path]:
     return paths
 
 
-def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[tuple[int, int], list]]:
+@dataclasses.dataclass
+class Outcome:
+    """What `predict_images` did: images predicted and (image, reason) of those skipped."""
+
+    predicted: int = 0
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    def skip(self, path: Path, err: BaseException, log: Callable[[str], None]) -> None:
+        reason = f"{type(err).__name__}: {err}"
+        self.skipped.append((path, reason))
+        log(f"lcmsm-predict: warning: skipping {path}: cannot be read ({reason})")
+
+    def summary(self) -> str:
+        line = f"predicted {self.predicted} images"
+        if self.skipped:
+            names = ", ".join(str(p) for p, _ in self.skipped[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            line += f"; skipped {len(self.skipped)} unreadable: {names}{more}"
+        return line
+
+
+def _readable(
+    paths: Sequence[Path], outcome: Outcome, log: Callable[[str], None]
+) -> tuple[list[Path], list[tuple[int, int]]]:
+    """The images whose header can be read and their (height, width); skips the others."""
+    kept, sizes = [], []
+    for path in paths:
+        try:
+            sizes.append(pngio.image_size(str(path)))
+        except pngio.DECODE_ERRORS as err:
+            outcome.skip(path, err, log)
+            continue
+        kept.append(path)
+    if not kept:
+        first, reason = outcome.skipped[0]
+        raise ValueError(
+            f"none of the {len(paths)} --images files can be read as an image (e.g. {first}: "
+            f"{reason}); pass image files (png, jpg, ...)"
+        )
+    return kept, sizes
+
+
+def _batches(
+    paths: Sequence[Path], sizes: Sequence[tuple[int, int]], batch_size: int
+) -> Iterator[tuple[tuple[int, int], list]]:
     """Consecutive runs of images with the same (height, width), cut into batches."""
-    sizes = [pngio.image_size(str(p)) for p in paths]
     for size, group in itertools.groupby(range(len(paths)), key=lambda i: sizes[i]):
         group = list(group)
         for i in range(0, len(group), batch_size):
             yield size, [paths[j] for j in group[i : i + batch_size]]
+
+
+def _decode(
+    group: list[Path], outcome: Outcome, log: Callable[[str], None]
+) -> tuple[list[Path], list[np.ndarray]]:
+    """Decode a batch's images; the unreadable ones are skipped (and reported)."""
+    kept, images = [], []
+    for path in group:
+        try:
+            images.append(pngio.read_rgb(str(path)))
+        except pngio.DECODE_ERRORS as err:
+            outcome.skip(path, err, log)
+            continue
+        kept.append(path)
+    return kept, images
 
 
 def predict_images(
@@ -67,8 +130,13 @@ def predict_images(
     head: str | None = None,
     batch_size: int = 0,
     log: Callable[[str], None] = print,
-) -> int:
-    """Predict `paths` and write three PNGs per image to `out_dir`; returns the count."""
+) -> Outcome:
+    """Predict `paths` and write three PNGs per image to `out_dir`.
+
+    Unreadable images are skipped with a warning; raises ValueError when none can be read.
+    """
+    outcome = Outcome()
+    paths, sizes = _readable(paths, outcome, log)  # before loading weights: fails fast
     weights = weights or config.eval.weights
     head = head or config.eval.head
     graphdef, params, batch_stats, step = evaluate.load_weights(
@@ -90,15 +158,17 @@ def predict_images(
     progress = evaluate.Progress("predict", len(paths), log)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pending = []
-        for size, group in _batches(paths, batch):
-            images = [pngio.read_rgb(str(p)) for p in group]
-            net_size = T.keep_ratio_size(*size, tuple(config.data.eval.scale))
-            inputs = np.zeros((batch, *net_size, 3), np.float32)  # padded to the full batch
-            for i, image in enumerate(images):
-                inputs[i] = T.normalize(T.resize_image(image, net_size))
-            preds = evaluator.predict(params, batch_stats, features, inputs, size)
-            for path, image, pred in zip(group, images, preds, strict=False):
-                pending.append(pool.submit(export.write_prediction, out_dir, path, image, pred))
+        for size, group in _batches(paths, sizes, batch):
+            kept, images = _decode(group, outcome, log)
+            if images:
+                net_size = T.keep_ratio_size(*size, tuple(config.data.eval.scale))
+                inputs = np.zeros((batch, *net_size, 3), np.float32)  # padded to the full batch
+                for i, image in enumerate(images):
+                    inputs[i] = T.normalize(T.resize_image(image, net_size))
+                preds = evaluator.predict(params, batch_stats, features, inputs, size)
+                for path, image, pred in zip(kept, images, preds, strict=False):
+                    pending.append(pool.submit(export.write_prediction, out_dir, path, image, pred))
+                outcome.predicted += len(images)
             for future in pending[:-32]:
                 future.result()
             pending = pending[-32:]
@@ -106,7 +176,9 @@ def predict_images(
         for future in pending:
             future.result()
     progress.finish()
-    return len(paths)
+    if not outcome.predicted:
+        raise ValueError(f"no image could be predicted: {outcome.summary()}")
+    return outcome
 
 
 def _define_flags(fv) -> None:
@@ -131,19 +203,27 @@ def _define_flags(fv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`lcmsm-predict --config C.py --workdir DIR --images 'dir/*.png' --out DIR [...]`."""
-    from lcmsm_jax import config_cli
+    """`lcmsm-predict --config C.py --workdir DIR --images 'dir/*.png' --out DIR [...]`.
+
+    Exit status 0 when at least one image was predicted (the last line counts the skipped
+    ones), 1 when none was or the weights cannot be loaded, 2 for a bad command line.
+    """
+    from lcmsm_jax import config_checks, config_cli
 
     try:
         fv = config_cli.parse(
-            "lcmsm-predict", argv, _define_flags, required=("workdir", "images", "out")
-        )
+            "lcmsm-predict", argv, _define_flags, required=("workdir", "images", "out"),
+            description="Segment images with a run's weights. Unreadable images are skipped "
+            "with a warning and counted: exit 0 when at least one image was predicted.",
+        )  # fmt: skip
+        config_checks.check_eval_config(fv.config, reads_dataset=False)
+        if fv.batch_size < 0:
+            raise config_cli.UsageError(f"--batch-size {fv.batch_size}: expected 0 or more")
     except config_cli.UsageError as err:
-        print(err)
-        return 2
+        return config_cli.report_usage("lcmsm-predict", err)
     try:
         paths = find_images(fv.images)
-        predict_images(
+        outcome = predict_images(
             fv.config,
             fv.workdir,
             paths,
@@ -155,6 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (FileNotFoundError, ValueError) as err:
         # Missing images or checkpoints, a config value out of range: the message names it.
-        print(f"lcmsm-predict: {err}")
-        return 1
+        return config_cli.report_failure("lcmsm-predict", err)
+    print(f"lcmsm-predict: {outcome.summary()}")
     return 0

@@ -1,9 +1,22 @@
 """Training main: `lcmsm-train --config configs/X.py --workdir runs/X [--config.a.b=v ...]`.
 
-Read top to bottom: mesh, data, model and initial weights, optimiser and state, jit,
-restore, loop. The loop logs (console, metrics.jsonl, TensorBoard), saves debug pictures,
-evaluates on the target validation split, and checkpoints (async orbax: state + data
-iterator positions + config). A non-finite loss stops the run without saving the bad state.
+Read top to bottom (`_run`): mesh, data, model and initial weights, optimiser and state,
+jit, restore, loop. The loop logs (console, metrics.jsonl, TensorBoard), saves debug
+pictures, evaluates on the target validation split, and checkpoints (async orbax: state +
+data iterator positions + config).
+
+Nothing is lost on any way out:
+  * every exit (return, error, signal) waits for the checkpoint being written in the
+    background and closes the checkpoint manager;
+  * SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, checkpoint it and stop
+    with exit status 0 (`Preempted`); a second signal stops at once. In a multi-process run
+    JAX's preemption service picks a step that every process reaches;
+  * a non-finite loss or training state stops the run before it is saved, naming the step,
+    its batch and the last good checkpoint (all saved states are checked finite);
+  * resuming compares config.json before anything is written: another model is refused, other
+    changes are reported; an unreadable newest checkpoint is renamed `<step>.corrupt` and the
+    one before it used; records logged after the restored step are dropped from
+    metrics.jsonl (and hidden in TensorBoard), so a resumed run logs as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,22 +25,53 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from lcmsm_jax import checkpoint, convert, metrics_log, models, optim, sharding, text, visualize
+from lcmsm_jax import (
+    checkpoint,
+    config_cli,
+    convert,
+    metrics_log,
+    models,
+    optim,
+    sharding,
+    text,
+    visualize,
+)
 from lcmsm_jax.data import datasets
 from lcmsm_jax.uda import step as uda_step
 
+# Config subtrees the training state's shapes and frozen contents come from (the text
+# embeddings are part of the state): a resumed run must keep them, or the checkpoint would
+# not fit (or would silently override the new setting).
+MODEL_KEYS = ("model", "text")
+
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+    """The loss or the training state became NaN/inf; the message names the step, its batch
+    and the last good checkpoint."""
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT stopped the run after checkpointing `step` at `path`; rerunning the same
+    command resumes from there."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(
+            f"preempted at step {step}: checkpoint saved to {path}; run the same command to resume"
+        )
+        self.step, self.path = step, path
 
 
 def _initial_weights(config: ml_collections.ConfigDict, model: nnx.Module) -> str:
@@ -47,7 +91,8 @@ def _initial_weights(config: ml_collections.ConfigDict, model: nnx.Module) -> st
     return f"random initialisation (seed {config.seed})"
 
 
-def _next_batch(source_it, target_it, batch_sharding, target_labels: bool) -> dict:
+def _next_batch(source_it, target_it, batch_sharding, target_labels: bool) -> tuple[dict, dict]:
+    """The next global batch, and this process's item indices per domain (error messages)."""
     source, target = next(source_it), next(target_it)
     local = {
         "source_image": source["image"],
@@ -56,10 +101,30 @@ def _next_batch(source_it, target_it, batch_sharding, target_labels: bool) -> di
     }
     if target_labels:
         local["target_label"] = target["label"]
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+    batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+    return batch, {"source": np.asarray(source["index"]), "target": np.asarray(target["index"])}
+
+
+def _batch_names(config: ml_collections.ConfigDict, items: dict, target_labels: bool) -> str:
+    """This process's share of a batch: file paths where the source has files, else item
+    indices. Only called once a step has failed, when reopening the sources is affordable."""
+    parts = []
+    for domain, indices in items.items():
+        try:
+            source = datasets.open_domain(
+                config.data[domain], config.data, seed=config.seed, synthetic_domain=domain,
+                labels_wanted=domain == "source" or target_labels,  # the training index space
+            )  # fmt: skip
+        except Exception:  # the indices below still identify the images
+            source = None
+        files, root = getattr(source, "images", None), getattr(source, "root", "")
+        names = [os.path.join(root, files[i]) if files else f"item {i}" for i in indices]
+        parts.append(f"{domain} ({config.data[domain].dataset}) {', '.join(names)}")
+    return "; ".join(parts)
 
 
 def _save(manager, state, source_it, target_it, config) -> None:
+    """Queue an asynchronous save of `state` and both data iterators' positions."""
     step = int(jax.device_get(state["step"]))
     manager.save(
         step,
@@ -83,19 +148,26 @@ def _train_item(state: dict) -> dict:
     return {k: state[k] for k in keys}
 
 
-def _restore(manager, state, source_it, target_it) -> dict:
-    step = manager.latest_step()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+def _state_items(state: dict) -> dict:
+    """The checkpoint items holding `state` (arrays or ShapeDtypeStructs)."""
+    return {
+        "model": {"params": state["params"], "batch_stats": state["batch_stats"]},
+        "teacher": {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]},
+        "train": _train_item(state),
+    }
+
+
+def _restore(manager, step: int, state, source_it, target_it) -> dict:
+    """Checkpoint `step` in the shapes of `state`; sets both iterators' positions.
+
+    The stored shapes are compared first (CheckpointMismatchError names the variables).
+    """
+    abstract = _state_items(jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+    checkpoint.check_run_step(manager, step, abstract)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(
-                {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}
-            ),
-            teacher=ocp.args.StandardRestore(
-                {"params": abstract["ema_params"], "batch_stats": abstract["ema_batch_stats"]}
-            ),
-            train=ocp.args.StandardRestore(_train_item(abstract)),
+            **{item: ocp.args.StandardRestore(tree) for item, tree in abstract.items()},
             source_iter=grain.checkpoint.CheckpointRestore(source_it),
             target_iter=grain.checkpoint.CheckpointRestore(target_it),
         ),
@@ -109,26 +181,325 @@ def _restore(manager, state, source_it, target_it) -> dict:
     }
 
 
-def _check_finite(metrics: dict, step: int, manager) -> None:
-    bad = {k: v for k, v in metrics.items() if k.startswith("loss/") and not math.isfinite(v)}
-    if bad:
-        last = manager.latest_step()
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step}: {bad}. Stopped without saving; the last good "
-            f"checkpoint is {'step ' + str(last) if last is not None else 'none'}."
+def _resume(manager, state, source_it, target_it, changes: list, say) -> tuple[dict, int] | None:
+    """(restored state, step) from the newest readable checkpoint, or None when there is none.
+
+    A checkpoint of another model is a usage error naming the variables and the config
+    changes since it was written.
+    """
+
+    def restore(step: int) -> dict:
+        return _restore(manager, step, state, source_it, target_it)
+
+    try:
+        found = checkpoint.restore_newest_readable(manager, restore, warn=say)
+    except checkpoint.CheckpointMismatchError as err:
+        since = f" Config changes since that run: {_format(changes)}." if changes else ""
+        raise config_cli.UsageError(
+            f"{err}.{since} Resume with the config the run was started with, or choose another "
+            "--workdir; nothing was changed"
+        ) from None
+    if found is None:
+        return None
+    step, restored = found
+    return restored, step
+
+
+# ----------------------------------------------------------------------------- config on resume
+
+
+def _flat(tree: dict, prefix: str = "config") -> dict:
+    """Nested config dict -> {"config.a.b": value}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}.{key}"))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+_ABSENT = "(absent)"
+
+
+def _config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(key, old value, new value) for each leaf that differs, in key order."""
+    before, after = _flat(old), _flat(new)
+    return [
+        (key, before.get(key, _ABSENT), after.get(key, _ABSENT))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key, _ABSENT) != after.get(key, _ABSENT)
+    ]
+
+
+def _format(changes: list[tuple[str, object, object]]) -> str:
+    show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    return "; ".join(f"{key}: {show(old)} -> {show(new)}" for key, old, new in changes)
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+    # Finished orbax saves are directories named by their step; unfinished ones carry a
+    # suffix (`.orbax-checkpoint-tmp*`), set-aside ones `.corrupt`.
+    directory = workdir / checkpoint.RUN_CHECKPOINTS
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _check_resume_config(config: ml_collections.ConfigDict, workdir: Path, say) -> list:
+    """Compare `config` with the run's config.json; called before anything is written.
+
+    Returns the changes ((key, old, new) tuples). A changed value under MODEL_KEYS is
+    refused (config_cli.UsageError listing them) when the workdir holds a checkpoint to
+    resume. Keys only one side has (the config gained or lost a field since) are reported,
+    not refused: the checkpoint's own shapes are compared when it is restored.
+    """
+    stored = workdir / "config.json"
+    if not stored.is_file():
+        return []
+    try:
+        old = json.loads(stored.read_text())
+    except ValueError:
+        say(f"warning: {stored} is not valid JSON; not comparing the config with it")
+        return []
+    changes = _config_changes(old, json.loads(config.to_json_best_effort()))
+    refused = [
+        (key, old, new)
+        for key, old, new in changes
+        if key.split(".")[1] in MODEL_KEYS and old is not _ABSENT and new is not _ABSENT
+    ]
+    if refused and _has_checkpoint(workdir):
+        raise config_cli.UsageError(
+            f"--workdir {workdir} holds checkpoints of another model: {_format(refused)}. "
+            f"Resume with the same {' and '.join('config.' + k for k in MODEL_KEYS)}, or choose "
+            "another --workdir; nothing was changed"
+        )
+    return changes
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _check_train_keys(config: ml_collections.ConfigDict) -> None:
+    """The train.* values this module relies on (the command line checks them as well)."""
+    keep = config.train.keep_checkpoints
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise config_cli.UsageError(
+            f"config.train.keep_checkpoints = {keep!r}: expected a positive integer (the "
+            "number of newest checkpoints kept; 0 would delete them all, the final one "
+            "included); pass --config.train.keep_checkpoints=1"
         )
 
 
+# ----------------------------------------------------------------------------- divergence
+
+
+def _non_finite_losses(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("loss/") and not math.isfinite(v)}
+
+
+def _last_good(manager, directory: Path | None = None) -> str:
+    last = manager.latest_step()
+    if last is None:
+        return "none"
+    return f"step {last}" + (f" ({directory / str(last)})" if directory else "")
+
+
+def _check_finite(
+    metrics: dict, step: int, manager, *, batch: str = "", directory: Path | None = None
+) -> None:
+    """Raise NonFiniteLossError if a loss term of `step` is NaN/inf (naming the terms, the
+    batch and the last checkpoint: all saved states were checked finite)."""
+    bad = _non_finite_losses(metrics)
+    if bad:
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step}: {terms}{f' (batch: {batch})' if batch else ''}. "
+            f"Stopped without saving; the last good checkpoint is "
+            f"{_last_good(manager, directory)}."
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every float in `tree` is finite.
+
+    The leaves are concatenated into chunks of at most 2**24 values and each chunk is
+    reduced once: a reduction per leaf (over a thousand of them) takes far longer to
+    compile, one concatenation of everything would need a copy of the whole state.
+    """
+    chunks, chunk, size = [], [], 0
+    for leaf in jax.tree.leaves(tree):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            chunk.append(leaf.ravel())
+            size += leaf.size
+            if size >= 1 << 24:
+                chunks.append(chunk)
+                chunk, size = [], 0
+    checks = [jnp.isfinite(jnp.concatenate(c)).all() for c in [*chunks, chunk] if c]
+    return jnp.stack(checks).all() if checks else jnp.bool_(True)
+
+
+def _check_state(
+    state: dict, step: int, manager, *, batch: Callable[[], str], directory: Path
+) -> None:
+    """Raise NonFiniteLossError if `state` (about to be saved) holds a NaN/inf.
+
+    The loss of step t is computed with the weights before update t, so finite losses do
+    not prove that the state after update t is finite; this check does, before it is saved.
+    Every earlier loss was checked finite, so update t is the one that diverged.
+    """
+    if bool(jax.device_get(_all_finite(state))):
+        return
+    manager.wait_until_finished()  # name a checkpoint that is complete
+    raise NonFiniteLossError(
+        f"non-finite values in the training state after step {step}, whose loss terms are "
+        f"finite: update {step} overflowed (batch: {batch()}). Stopped without saving; the "
+        f"last good checkpoint is {_last_good(manager, directory)}."
+    )
+
+
+class _LossWatch:
+    """Each step's metrics, kept on the device until they are next fetched.
+
+    Fetching every step would stall the device queue, checking only the logged steps would
+    name the wrong step; so every step's losses are checked at the next fetch and a
+    non-finite one is reported at the step where it first appeared, with its batch. At most
+    `limit` steps are held.
+    """
+
+    def __init__(self, limit: int = 100):
+        self.limit = limit
+        self._pending: list[tuple[int, dict, dict]] = []
+
+    def add(self, step: int, metrics: dict, items: dict) -> None:
+        self._pending.append((step, metrics, items))
+
+    @property
+    def full(self) -> bool:
+        return len(self._pending) >= self.limit
+
+    def check(self, manager, describe, directory: Path) -> dict:
+        """The latest step's metrics as floats; raises NonFiniteLossError naming the first
+        step with a non-finite loss."""
+        pending, self._pending = self._pending, []
+        fetched = jax.device_get([metrics for _, metrics, _ in pending])
+        values = {}
+        for (step, _, items), metrics in zip(pending, fetched, strict=True):
+            values = {k: float(v) for k, v in metrics.items()}
+            if _non_finite_losses(values):
+                manager.wait_until_finished()  # name a checkpoint that is complete
+                _check_finite(values, step, manager, batch=describe(items), directory=directory)
+        return values
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class _StopSignals:
+    """SIGTERM / SIGINT during the loop: finish the step, checkpoint, stop.
+
+    Single process: Python handlers note the signal; the loop stops after the step in
+    progress. Multi-process: all processes must save the same step, so JAX's preemption
+    service (started by `jax.distributed.initialize`, which owns SIGTERM) agrees on one and
+    orbax's `reached_preemption` reports it; SIGINT is forwarded to it as SIGTERM. A second
+    signal restores the previous handler and re-raises, stopping at once.
+    """
+
+    def __init__(self, manager):
+        self._manager = manager
+        self._multi = jax.process_count() > 1
+        self._previous: dict[int, object] = {}
+        self.received: str | None = None
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # handlers can only be installed from the main thread
+        if not self._multi:
+            wanted = (signal.SIGTERM, signal.SIGINT)
+        elif jax.config.jax_enable_preemption_service and jax.distributed.is_initialized():
+            wanted = (signal.SIGINT,)
+        else:
+            wanted = ()  # no way to agree on a step: keep the default behaviour
+        for sig in wanted:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signal.Signals(signum).name
+        if self._multi:
+            signal.raise_signal(signal.SIGTERM)  # to the preemption service's handler
+
+    def requested(self, step: int) -> bool:
+        """Whether to checkpoint and stop after `step`; in a multi-process run it must be
+        called at every step by every process."""
+        if self._multi:
+            return bool(self._manager.reached_preemption(step))
+        return self.received is not None
+
+
+# ----------------------------------------------------------------------------- training
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Run (or resume) training; returns the last logged metrics and evaluation results."""
+    """Run (or resume) training; returns the last logged metrics and evaluation results.
+
+    Raises Preempted (after checkpointing) on SIGTERM/SIGINT, NonFiniteLossError when the
+    loss or the state diverges, config_cli.UsageError when the workdir holds a run of
+    another model, checkpoint.CheckpointError when none of the run's checkpoints reads.
+    """
     sharding.initialize_distributed()
+    _check_train_keys(config)
     workdir = Path(workdir).absolute()
+    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+    changes = _check_resume_config(config, workdir, say)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
+    _report_unfinished_saves(workdir, say)
+    # Every way out of this block (return, exception, signal) waits for the save in flight
+    # and closes the manager: leaving earlier would drop that checkpoint.
+    with checkpoint.run_manager(
+        workdir, max_to_keep=config.train.keep_checkpoints, cleanup_tmp=True
+    ) as manager:
+        return _run(config, workdir, manager, changes, say)
+
+
+def _jit_train_step(config, graphdef, imnet_graphdef, tx, schedule, replicated, batch_sharding):
+    """`train_step(state, batch, rng) -> (state, metrics)`, jitted; `state` is donated."""
+    step_fn = uda_step.make_train_step(
+        config, graphdef, imnet_graphdef, tx, schedule, with_images=config.train.image_every > 0
+    )
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, batch_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def _report_unfinished_saves(workdir: Path, say) -> None:
+    # The manager removes them (cleanup_tmp); say so, since they may hold a later step.
+    directory = workdir / checkpoint.RUN_CHECKPOINTS
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.orbax-checkpoint-tmp*")):
+            say(f"removing {path.name}: a checkpoint save that was interrupted")
+
+
+def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: list, say) -> dict:
+    """Set up and run the loop with an open checkpoint manager (see the module docstring)."""
     is_main = jax.process_index() == 0
-    say = print if is_main else (lambda *a, **k: None)
-    if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    log = metrics_log.MetricsLog(workdir)
 
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh.data)
@@ -143,8 +514,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     class_names = datasets.class_names(config)
 
     # ------------------------------------------------------------------ model, weights, text
+    resuming = bool(manager.all_steps())  # then the weights come from the checkpoint
     model = models.Segmentor(config.model, rngs=nnx.Rngs(config.seed))
-    say(f"initial weights: {_initial_weights(config, model)}")
+    if not resuming:
+        say(f"initial weights: {_initial_weights(config, model)}")
     text_embeddings, text_description = text.resolve(
         config.text.embeddings, class_names, config.model.text_dim
     )
@@ -158,14 +531,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     del model, params
 
     # ------------------------------------------------------------------ jit
-    step_fn = uda_step.make_train_step(
-        config, graphdef, imnet_graphdef, tx, schedule, with_images=config.train.image_every > 0
-    )
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(replicated, batch_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
+    train_step = _jit_train_step(
+        config, graphdef, imnet_graphdef, tx, schedule, replicated, batch_sharding
     )
     evaluator = None
     if config.train.eval_every >= 0:  # -1 disables evaluation
@@ -174,39 +541,66 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         evaluator = evaluate.make_evaluator(config, graphdef, mesh)
 
     # ------------------------------------------------------------------ restore
-    manager = checkpoint.run_manager(workdir, max_to_keep=config.train.keep_checkpoints)
-    if manager.latest_step() is not None:
-        state = jax.device_put(_restore(manager, state, source_it, target_it), replicated)
-        say(f"resumed from {manager.directory / str(manager.latest_step())}")
+    directory = Path(manager.directory)
+    found = _resume(manager, state, source_it, target_it, changes, say) if resuming else None
+    if found is not None:
+        state = jax.device_put(found[0], replicated)
+        say(f"initial weights: resumed from {directory / str(found[1])}")
     start = int(jax.device_get(state["step"]))
+    if changes:
+        say(f"config changes since the last session (accepted): {_format(changes)}")
+    if is_main:
+        _write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
+    log = metrics_log.MetricsLog(workdir, start_step=start)
+    if log.dropped:
+        say(f"metrics.jsonl: dropped {log.dropped} record(s) of steps after {start}, which the "
+            "checkpoint does not include")  # fmt: skip
 
     # ------------------------------------------------------------------ loop
     rng = jax.random.key(config.seed)
     steps = config.train.steps
     progress = metrics_log.Progress(steps, start, 2 * config.data.batch_size)
+    watch = _LossWatch()
+    describe = functools.partial(_batch_names, config, target_labels=target_labels)
     last, results = {}, {}
     # stop_at ends this session early (time-limited jobs); resuming continues to `steps`.
     end = min(steps, config.train.stop_at) if config.train.stop_at > 0 else steps
-    for done in range(start + 1, end + 1):  # `done` = steps completed after this one
-        batch = _next_batch(source_it, target_it, batch_sharding, target_labels)
-        state, metrics = train_step(state, batch, rng)
-        images = metrics.pop("images", None)
-        at = functools.partial(_due, done)
-        if at(config.train.log_every) or done in (steps, end) or at(config.train.checkpoint_every):
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(last, done, manager)
-            say(progress.line(done, last), flush=True)
-            log.write(done, last, prefix="train/")
-        if images is not None and at(config.train.image_every):
-            _save_panel(workdir, done, batch, jax.device_get(images), is_main)
-        if evaluator is not None and (at(config.train.eval_every) or done == steps):
-            results = _evaluate(evaluator, state, config, workdir, done)
-            log.write(done, {"mIoU": results["mIoU"]}, prefix="eval/")
-        if at(config.train.checkpoint_every) or done in (steps, end):
-            _save(manager, state, source_it, target_it, config)
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
+    try:
+        with _StopSignals(manager) as stop:
+            for done in range(start + 1, end + 1):  # `done` = steps completed after this one
+                batch, items = _next_batch(source_it, target_it, batch_sharding, target_labels)
+                state, metrics = train_step(state, batch, rng)
+                images = metrics.pop("images", None)
+                watch.add(done, metrics, items)
+                at = functools.partial(_due, done)
+                stopping = stop.requested(done) and done < end  # `end` is saved anyway
+                if stopping:
+                    say(f"{stop.received or 'preemption notice'} received: checkpointing "
+                        f"step {done}, then stopping", flush=True)  # fmt: skip
+                saving = at(config.train.checkpoint_every) or done in (steps, end) or stopping
+                if at(config.train.log_every) or saving or watch.full:
+                    last = watch.check(manager, describe, directory)
+                    if at(config.train.log_every) or saving:
+                        say(progress.line(done, last), flush=True)
+                        log.write(done, last, prefix="train/")
+                if images is not None and at(config.train.image_every):
+                    _save_panel(workdir, done, batch, jax.device_get(images), is_main)
+                if evaluator is not None and (at(config.train.eval_every) or done == steps):
+                    results = _evaluate(evaluator, state, config, workdir, done)
+                    log.write(done, {"mIoU": results["mIoU"]}, prefix="eval/")
+                if saving:
+                    _check_state(state, done, manager, directory=directory,
+                                 batch=functools.partial(describe, items))  # fmt: skip
+                    _save(manager, state, source_it, target_it, config)
+                if stopping:
+                    manager.wait_until_finished()
+                    preempted = Preempted(done, directory / str(done))
+                    say(str(preempted), flush=True)
+                    raise preempted
+            # Still under the handlers: a signal now must not kill the final save.
+            manager.wait_until_finished()
+    finally:
+        log.close()
     return {"metrics": last, "eval": results, "step": end}
 
 
@@ -237,25 +631,38 @@ def _save_panel(workdir: Path, step: int, batch: dict, images: dict, is_main: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`lcmsm-train --config C.py --workdir DIR [--config.a.b=v ...]`."""
+    """`lcmsm-train --config C.py --workdir DIR [--config.a.b=v ...]`.
+
+    The command line and the config are checked before any work starts (exit 2, naming the
+    flag or key). Data and runtime failures are raised; `lcmsm_jax.cli` reports them.
+    """
     from absl import flags
 
-    from lcmsm_jax import config_cli
+    from lcmsm_jax import config_checks, config_cli
 
     def define(fv: flags.FlagValues) -> None:
         flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, pictures).",
                             flag_values=fv)  # fmt: skip
 
     try:
-        fv = config_cli.parse("lcmsm-train", argv, define, required=("workdir",))
+        fv = config_cli.parse("lcmsm-train", argv, define, required=("workdir",),
+                              description="Train (or resume) a run in --workdir.")  # fmt: skip
+        warnings = config_checks.check_train_config(fv.config)
+        if os.path.exists(fv.workdir) and not os.path.isdir(fv.workdir):
+            raise config_cli.UsageError(f"--workdir {fv.workdir} is a file; pass a folder")
     except config_cli.UsageError as err:
-        print(err)
-        return 2
+        return config_cli.report_usage("lcmsm-train", err)
+    for warning in warnings:
+        print(f"lcmsm-train: warning: {warning}")
     try:
         result = train(fv.config, fv.workdir)
     except NonFiniteLossError as err:
         print(f"lcmsm-train: {err}")
         return 1
+    except Preempted:  # checkpointed; train() said where
+        return 0
+    except config_cli.UsageError as err:  # the workdir holds a run of another model
+        return config_cli.report_usage("lcmsm-train", err)
     if result["eval"]:
         print(f"final mIoU {result['eval']['mIoU']:.2f} at step {result['step']}")
     if fv.config.train.compare_with and result["step"] == fv.config.train.steps:
@@ -266,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteLossError as err:
             print(f"lcmsm-train: comparison run: {err}")
             return 1
+        except Preempted:  # a comparison run checkpointed; rerunning resumes it
+            return 0
     return 0
 
 

@@ -85,6 +85,16 @@ def train_view(
     return view
 
 
+def _describe(source, index: int) -> str:
+    """The files of item `index` when the source knows them, else the source and index."""
+    describe = getattr(source, "describe_item", None)
+    return describe(index) if describe is not None else f"{source!r} item {index}"
+
+
+def _hw(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]} (width x height)"
+
+
 class TrainExample:
     """Draw index k -> one training example; a picklable callable for `MapDataset.map`."""
 
@@ -113,8 +123,9 @@ class TrainExample:
         label = example.get("label")
         if label is not None and label.shape != example["image"].shape[:2]:
             raise ValueError(
-                f"{self.source!r} item {index}: image is {example['image'].shape[:2]} but label "
-                f"is {label.shape}; run lcmsm-prepare to find such pairs"
+                f"{_describe(self.source, index)}: the image is {_hw(example['image'].shape)} "
+                f"but the label is {_hw(label.shape)}; run lcmsm-prepare on the dataset (it "
+                "finds every such pair; --skip-bad leaves them out) or remove the pair"
             )
         view = train_view(
             example["image"],

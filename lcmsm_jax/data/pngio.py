@@ -6,6 +6,7 @@ PNG row filters) to unpack the *low* bytes instead, by switching the tile's raw 
 big-endian `;16B` to `;16L` before loading; reading both halves gives the exact 16-bit value.
 """
 
+import zlib
 from typing import BinaryIO
 
 import numpy as np
@@ -17,6 +18,17 @@ INDEX_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I")
 
 class LabelFormatError(ValueError):
     """A label PNG is readable but not the kind of image the dataset expects."""
+
+
+class UnreadableImageError(OSError):
+    """An image or label file that is missing or cannot be decoded; the message names the
+    file and what to do."""
+
+
+# What Pillow raises for a missing, truncated or corrupt file: OSError ("image file is
+# truncated", UnidentifiedImageError), SyntaxError ("broken PNG file"), zlib.error and
+# ValueError for damaged compressed data, DecompressionBombError for absurd sizes.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError)
 
 
 def read_rgb(path: str | BinaryIO) -> np.ndarray:

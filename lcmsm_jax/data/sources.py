@@ -245,18 +245,49 @@ class PngSource:
     def __repr__(self) -> str:
         return f"PngSource({self.name!r}, {len(self)} images, root={self.root!r})"
 
+    def describe_item(self, index: int) -> str:
+        """The files of item `index`, for error messages."""
+        files = os.path.join(self.root, self.images[index])
+        if self.labels is not None:
+            files += f" and its label {os.path.join(self.root, self.labels[index])}"
+        return files
+
+    def _prepare_hint(self) -> str:
+        dataset = self.name.split("/")[0]
+        command = (
+            f"lcmsm-prepare --dataset {dataset} --root {self.root}"
+            if dataset in LAYOUTS
+            else "lcmsm-prepare"
+        )
+        return (
+            f"Run `{command}` to check every file (--skip-bad leaves the bad ones out), or "
+            "restore or remove this file."
+        )
+
+    def _read(self, read, rel: str, **kwargs) -> np.ndarray:
+        """`read(path)`, with decoder errors turned into one that names the file."""
+        path = os.path.join(self.root, rel)
+        try:
+            return read(path, **kwargs)
+        except pngio.LabelFormatError:
+            raise  # already names the file and the fix
+        except pngio.DECODE_ERRORS as err:
+            raise pngio.UnreadableImageError(
+                f"{path} cannot be read ({type(err).__name__}: {err}); it is missing, "
+                f"truncated or corrupt. {self._prepare_hint()}"
+            ) from err
+
     def read_image(self, index: int) -> np.ndarray:
         """uint8 RGB `[H, W, 3]`."""
-        return pngio.read_rgb(os.path.join(self.root, self.images[index]))
+        return self._read(pngio.read_rgb, self.images[index])
 
     def read_label_ids(self, index: int, exact: bool = False) -> np.ndarray:
         """The dataset's own ids `[H, W]` as stored in the label file."""
         if self.labels is None:
             raise ValueError(f"{self!r} has no labels")
-        path = os.path.join(self.root, self.labels[index])
         if self.label_reader == "channel0":
-            return pngio.read_channel0_label(path, exact=exact)
-        return pngio.read_index_label(path)
+            return self._read(pngio.read_channel0_label, self.labels[index], exact=exact)
+        return self._read(pngio.read_index_label, self.labels[index])
 
     def read_label(self, index: int) -> np.ndarray:
         """uint8 trainIds `[H, W]`, 255 = ignore (unknown ids are ignored too)."""
@@ -414,9 +445,17 @@ class TfdsSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         record = self._open()[int(index)]
-        example = {"image": pngio.read_rgb(io.BytesIO(record[self.image_key]))}
-        if self.label_key:
-            example["label"] = self._label(record)
+        try:
+            example = {"image": pngio.read_rgb(io.BytesIO(record[self.image_key]))}
+            if self.label_key:
+                example["label"] = self._label(record)
+        except pngio.LabelFormatError as err:
+            raise pngio.LabelFormatError(f"{self!r} record {index}: {err}") from err
+        except pngio.DECODE_ERRORS as err:
+            raise pngio.UnreadableImageError(
+                f"{self!r} record {index} cannot be decoded ({type(err).__name__}: {err}); "
+                "build the dataset again (tools/prepare_tfds.py)"
+            ) from err
         return example
 
     def class_counts(self) -> np.ndarray:

@@ -1,0 +1,293 @@
+"""Checks of config values before a command starts work (`lcmsm-train`, `-eval`, `-predict`,
+`-convert`): each bad value is a `UsageError` naming the key, what was expected and an example
+override; `check_train_config` also returns warnings for values that work but are likely
+mistakes (a crop larger than the resized image on one side, warm-up longer than training).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from ml_collections import config_dict
+
+from lcmsm_jax import inference, methods, miou
+from lcmsm_jax.config_cli import UsageError
+from lcmsm_jax.data import sources, transforms
+from lcmsm_jax.models import heads, layers, mit, segmentor
+
+
+def _lookup(config: config_dict.ConfigDict, key: str):
+    """config["a.b.c"] for a dotted key; KeyError when any part is missing."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, config_dict.ConfigDict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def _bad(key: str, value, expected: str, example: str) -> UsageError:
+    return UsageError(
+        f"config.{key} = {value!r}: expected {expected}; fix the config file or pass "
+        f"--config.{key}={example}"
+    )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_ints(config, keys: Iterable[tuple[str, int, str]]) -> None:
+    """Each (key, minimum, example): an integer >= minimum."""
+    for key, minimum, example in keys:
+        try:
+            value = _lookup(config, key)
+        except KeyError:
+            continue  # a config without this field has no use for it
+        if not _is_int(value) or value < minimum:
+            wanted = {0: "an integer >= 0", 1: "a positive integer"}.get(
+                minimum, f"an integer >= {minimum}"
+            )
+            raise _bad(key, value, wanted, example)
+
+
+def _check_pairs(config, keys: Iterable[str]) -> None:
+    """Each key: two positive integers, (height, width) or (long, short)."""
+    for key in keys:
+        try:
+            value = _lookup(config, key)
+        except KeyError:
+            continue
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != 2
+            or not all(_is_int(v) and v > 0 for v in value)
+        ):
+            raise _bad(key, value, "two positive integers", "'(512, 512)'")
+
+
+def _check_fractions(config, keys: Iterable[str]) -> None:
+    for key in keys:
+        try:
+            value = _lookup(config, key)
+        except KeyError:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise _bad(key, value, "a number between 0 and 1", "0.5")
+
+
+def _check_choices(config, choices: dict[str, Sequence[str]]) -> None:
+    for key, allowed in choices.items():
+        try:
+            value = _lookup(config, key)
+        except KeyError:
+            continue
+        many = key == "train.compare_with"  # a tuple of choices
+        for item in value if many else (value,):
+            if item not in allowed:
+                example = f"\"('{allowed[0]}',)\"" if many else allowed[0]
+                expected = "names from" if many else "one of"
+                raise _bad(key, value, f"{expected} {', '.join(allowed)}", example)
+
+
+def _model_choices() -> dict[str, Sequence[str]]:
+    return {
+        "model.backbone": tuple(mit.MIT_VARIANTS),
+        "model.dtype": ("float32", "bfloat16", "float16", "float64"),
+        "model.depthwise_impl": layers.DEPTHWISE_IMPLS,
+        "model.decode_head.fusion": heads.FUSIONS,
+        "model.lcmsm_head.fusion": heads.FUSIONS,
+        "model.lcmsm_head.spatial_block": heads.SPATIAL_BLOCKS,
+        "model.lcmsm_head.activation": tuple(heads.ACTIVATIONS),
+    }
+
+
+def _eval_choices() -> dict[str, Sequence[str]]:
+    return {
+        "data.eval.dataset": (*sources.LAYOUTS, "synthetic"),
+        "data.eval_classes": miou.EVAL_CLASSES,
+        "eval.mode": inference.MODES,
+        "eval.head": segmentor.HEAD_NAMES,
+        "eval.weights": ("student", "teacher"),
+    }
+
+
+def _train_choices() -> dict[str, Sequence[str]]:
+    return {
+        "data.source.dataset": (*sources.LAYOUTS, "synthetic"),
+        "data.target.dataset": (*sources.LAYOUTS, "synthetic"),
+        "data.target.sampling": ("uniform", "epoch"),
+        "uda.pseudo_label_head": segmentor.HEAD_NAMES,
+        "train.compare_with": tuple(methods.METHODS),
+    }
+
+
+def check_model_config(config: config_dict.ConfigDict) -> None:
+    """config.model: known choices and the 19 classes. Raises UsageError naming the key."""
+    _check_choices(config, _model_choices())
+    if config.model.num_classes != 19:
+        raise _bad("model.num_classes", config.model.num_classes,
+                   "19 (every supported dataset uses the Cityscapes classes)", "19")  # fmt: skip
+
+
+def check_eval_config(config: config_dict.ConfigDict, *, reads_dataset: bool = True) -> None:
+    """What lcmsm-eval (`reads_dataset`) and lcmsm-predict read. Raises UsageError naming
+    the key."""
+    check_model_config(config)
+    _check_choices(config, _eval_choices())
+    _check_ints(config, [("data.eval.batch_size", 1, "1"), ("data.eval.max_images", 0, "0")])
+    _check_pairs(config, ("data.eval.scale", "eval.crop", "eval.stride"))
+    _check_mesh(config)
+    root = config.data.eval.root
+    if reads_dataset and config.data.eval.dataset != "synthetic" and root:
+        if not os.path.isdir(root):
+            raise UsageError(
+                f"config.data.eval.root = {root!r}: no such folder; pass the folder that holds "
+                f"the unpacked {config.data.eval.dataset} files"
+            )
+
+
+def _check_mesh(config) -> None:
+    value = _lookup(config, "mesh.data") if "mesh" in config else -1
+    if not _is_int(value) or (value != -1 and value < 1):
+        raise _bad("mesh.data", value, "-1 (all devices) or a positive device count", "-1")
+
+
+def check_train_config(config: config_dict.ConfigDict) -> list[str]:
+    """Everything lcmsm-train reads, checked before any work starts.
+
+    Raises UsageError naming the first bad key (what was expected, how to set it); returns
+    one-line warnings for settings that run but are probably not meant.
+    """
+    check_eval_config(config, reads_dataset=False)  # roots: _check_files, when used
+    _check_choices(config, _train_choices())
+    _check_ints(
+        config,
+        [
+            ("data.batch_size", 1, "2"),
+            ("train.steps", 1, "1000"),
+            ("train.keep_checkpoints", 1, "1"),
+            ("data.synthetic.num_images", 1, "100"),
+            ("data.num_threads", 0, "2"),
+            ("data.worker_count", 0, "0"),
+            ("train.stop_at", 0, "0"),
+            ("train.log_every", 0, "50"),
+            ("train.checkpoint_every", 0, "1000"),
+            ("train.image_every", 0, "0"),
+            ("train.eval_every", -1, "-1"),
+            ("optim.warmup_steps", 0, "0"),
+        ],
+    )
+    _check_pairs(
+        config, ("data.crop_size", "data.source.scale", "data.target.scale", "data.synthetic.size")
+    )
+    _check_fractions(
+        config, ("uda.alpha", "uda.pseudo_threshold", "uda.mask_ratio", "data.source.cat_max_ratio")
+    )
+    _check_splits(config)
+    _check_files(config)
+    warnings = _crop_warnings(config)
+    warmup, steps = config.optim.warmup_steps, config.train.steps
+    if warmup > steps:
+        warnings.append(
+            f"config.optim.warmup_steps = {warmup} is more than config.train.steps = {steps}: "
+            "the learning rate never reaches config.optim.lr"
+        )
+    return warnings
+
+
+def _domains(config) -> list[tuple[str, bool]]:
+    """(config.data.<domain> key, whether it must have labels) of the domains training
+    opens; an evaluation split without labels runs, with empty metrics."""
+    domains = [("data.source", True), ("data.target", bool(config.uda.target_supervised))]
+    if config.train.eval_every >= 0:
+        domains.append(("data.eval", False))
+    return domains
+
+
+def _check_splits(config) -> None:
+    """Domains read with labels use a split that has them (an image-only domain may use any
+    split folder; a missing one is named when it is scanned)."""
+
+    for key, labelled in _domains(config):
+        domain = _lookup(config, key)
+        if domain.dataset == "synthetic" or not labelled:
+            continue
+        lay = sources.layout(domain.dataset)
+        if domain.split not in lay.labelled_splits:
+            expected = f"a labelled split of {lay.title}: {', '.join(lay.labelled_splits)}"
+            raise _bad(f"{key}.split", domain.split, expected, lay.labelled_splits[0])
+
+
+def _check_files(config) -> None:
+    """Dataset roots, text embeddings and initial weights exist before anything is built."""
+    for key, _ in _domains(config):
+        domain = _lookup(config, key)
+        if domain.dataset == "synthetic":
+            continue
+        if not domain.root:
+            raise UsageError(
+                f"config.{key}.root is empty: {domain.dataset} needs its dataset folder; pass "
+                f"--config.{key}.root=/path/to/{domain.dataset}"
+            )
+        if not os.path.isdir(domain.root):
+            raise UsageError(
+                f"config.{key}.root = {domain.root!r}: no such folder; pass the folder that "
+                f"holds the unpacked {domain.dataset} files"
+            )
+    spec = config.text.embeddings
+    if not str(spec).startswith("random:") and not os.path.isfile(spec):
+        raise UsageError(
+            f"config.text.embeddings = {spec!r}: no such file; make it with lcmsm-embed-text, "
+            "or pass --config.text.embeddings=random:0 for random class anchors"
+        )
+    initial = {
+        "train.init": "an lcmsm-convert --workdir",
+        "train.pretrained": "a .pth/.safetensors/.npz backbone checkpoint",
+    }
+    for key, what in initial.items():
+        path = _lookup(config, key)
+        if path and not os.path.exists(path):
+            raise UsageError(f"config.{key} = {path!r}: no such file or folder; expected {what}")
+
+
+# Native (height, width) of each dataset's images (a few GTA5 images differ slightly).
+_NATIVE_SIZES = {
+    "gta5": (1052, 1914),
+    "synthia": (760, 1280),
+    "cityscapes": (1024, 2048),
+    "acdc": (1080, 1920),
+    "darkzurich": (1080, 1920),
+}
+
+
+def _crop_warnings(config) -> list[str]:
+    """Crops larger than the resized images: an error when no crop dimension fits (every
+    crop would be mostly padding, e.g. a crop given at native resolution), else a warning
+    (mmseg pads such crops with ignore pixels, which can be intended)."""
+
+    crop = tuple(config.data.crop_size)
+    warnings = []
+    for key in ("data.source", "data.target"):
+        domain = _lookup(config, key)
+        if domain.dataset == "synthetic":
+            native = tuple(config.data.synthetic.size)
+        else:
+            native = _NATIVE_SIZES.get(domain.dataset)
+        if native is None:
+            continue
+        resized = transforms.keep_ratio_size(*native, tuple(domain.scale))
+        if crop[0] <= resized[0] and crop[1] <= resized[1]:
+            continue
+        detail = (
+            f"config.data.crop_size = {crop} is larger than the {domain.dataset} images "
+            f"resized to config.{key}.scale = {tuple(domain.scale)}, which are {resized}"
+        )
+        if crop[0] > resized[0] and crop[1] > resized[1]:
+            raise UsageError(
+                f"{detail}: every crop would be padded on both sides; make the crop smaller or "
+                f"config.{key}.scale larger"
+            )
+        warnings.append(f"{detail}: crops are padded with ignored pixels")
+    return warnings
