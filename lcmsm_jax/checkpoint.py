@@ -376,10 +376,20 @@ def restore_weights(
         stored = manager.item_metadata(step)[item]
         _check_fits(run_dir / str(step), item, _flat_shapes(stored.tree), _flat_shapes(pure))
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
-        restored = manager.restore(
-            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
-        )[item]
+        args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
+        restored, reason = _try_restore(lambda s: manager.restore(s, args=args)[item], step)
         manager.close()
+        if reason is not None:
+            # Evaluation names what it evaluates: no silent fall back to an older step.
+            others = sorted(s for s in steps if s != step)
+            what_to_do = (
+                f"evaluate another step with --step (available: {others})"
+                if others
+                else "no other checkpoint in that run"
+            )
+            raise CheckpointError(
+                f"checkpoint {run_dir / str(step)} is unreadable ({reason}); {what_to_do}"
+            )
         nnx.replace_by_pure_dict(params, restored["params"])
         nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
         nnx.update(model, params, batch_stats)

@@ -25,8 +25,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
-from lcmsm_jax import checkpoint, config_cli, metrics_log, train
+from lcmsm_jax import checkpoint, config_cli, metrics_log, models, train
 
 ROOT = Path(__file__).parents[1]
 CONFIG = str(ROOT / "configs" / "base.py")
@@ -311,6 +312,22 @@ def test_divergence_names_a_finite_checkpoint_and_saves_nothing_diverged(
 def _truncate_largest_file(directory: Path) -> None:
     largest = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     largest.write_bytes(largest.read_bytes()[:100])
+
+
+def test_evaluating_an_unreadable_checkpoint_is_one_clear_error(reference, tmp_path, capfd):
+    """lcmsm-eval / lcmsm-predict restore one named step: no fallback, one line, no dump."""
+    workdir = copy_run(reference, tmp_path / "run")
+    _truncate_largest_file(workdir / "checkpoints" / "6" / "model")
+    config = config_cli.parse("lcmsm-train", ARGS, lambda fv: None).config
+    model = models.Segmentor(config.model, rngs=nnx.Rngs(0))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.restore_weights(workdir, model)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {workdir / 'checkpoints' / '6'} is unreadable (")
+    assert "evaluate another step with --step (available: [2, 4])" in message
+    assert "\n" not in message
+    assert "Traceback" not in capfd.readouterr().err
+    assert checkpoint.restore_weights(workdir, model, step=4) == 4
 
 
 @pytest.mark.slow
