@@ -77,14 +77,7 @@ def _readable(
     paths: Sequence[Path], outcome: Outcome, log: Callable[[str], None]
 ) -> tuple[list[Path], list[tuple[int, int]]]:
     """The images whose header can be read and their (height, width); skips the others."""
-    kept, sizes = [], []
-    for path in paths:
-        try:
-            sizes.append(pngio.image_size(str(path)))
-        except pngio.DECODE_ERRORS as err:
-            outcome.skip(path, err, log)
-            continue
-        kept.append(path)
+    kept, sizes = _read_each(paths, pngio.image_size, outcome, log)
     if not kept:
         first, reason = outcome.skipped[0]
         raise ValueError(
@@ -108,15 +101,22 @@ def _decode(
     group: list[Path], outcome: Outcome, log: Callable[[str], None]
 ) -> tuple[list[Path], list[np.ndarray]]:
     """Decode a batch's images; the unreadable ones are skipped (and reported)."""
-    kept, images = [], []
-    for path in group:
+    return _read_each(group, pngio.read_rgb, outcome, log)
+
+
+def _read_each(
+    paths: Sequence[Path], read: Callable[[str], object], outcome: Outcome, log
+) -> tuple[list[Path], list]:
+    """(paths that `read` could read, what it returned); the others go to `outcome.skip`."""
+    kept, values = [], []
+    for path in paths:
         try:
-            images.append(pngio.read_rgb(str(path)))
+            values.append(read(str(path)))
         except pngio.DECODE_ERRORS as err:
             outcome.skip(path, err, log)
             continue
         kept.append(path)
-    return kept, images
+    return kept, values
 
 
 def predict_images(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_convert import TINY_OVERRIDES
 from test_data_fixtures import write_gta5
 
 from lcmsm_jax import cli, config_checks, config_cli, convert
@@ -21,14 +22,7 @@ from lcmsm_jax.data import pipeline, pngio, sources
 CONFIGS = Path(__file__).parents[1] / "configs"
 DEMO = str(CONFIGS / "demo.py")
 BASE = str(CONFIGS / "base.py")
-TINY_MODEL = [
-    "--config.model.backbone=mit_b0",
-    "--config.model.decode_head.embed_dim=16",
-    "--config.model.decode_head.channels=16",
-    "--config.model.lcmsm_head.embed_dim=16",
-    "--config.model.lcmsm_head.channels=16",
-    "--config.model.text_dim=12",
-]
+TINY_MODEL = TINY_OVERRIDES  # the tiny model the converter tests use
 
 sys.path.insert(0, str(CONFIGS))
 import demo  # noqa: E402
