@@ -16,6 +16,7 @@ def model_config() -> ml_collections.ConfigDict:
     model.text_dim = 1024  # OpenCLIP ViT-H-14 text width
     model.dtype = "float32"  # compute dtype; parameters stay float32
     model.depthwise_impl = "auto"  # auto | conv | shifted_sum (auto: shifted_sum on CPU)
+    model.remat = "none"  # none | block | stage: recompute MiT blocks (stages) in backward
 
     model.decode_head = ml_collections.ConfigDict()
     model.decode_head.embed_dim = 512  # DAFormer itself uses 256
@@ -43,7 +44,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.batch_size = 2  # global images per domain per step
     data.crop_size = (512, 512)
     data.num_threads = 2  # reader threads per process
-    data.worker_count = 0  # grain worker processes per process (0 = in-process)
+    # Grain worker processes per iterator (0 = in-process); -1: from the cores this process
+    # may use (lcmsm_jax/data/pipeline.py:worker_count; 0 on a 2-core machine).
+    data.worker_count = -1
     data.eval_classes = "cityscapes19"  # cityscapes19 | synthia16 (adds mIoU16 and mIoU13)
 
     data.source = ml_collections.ConfigDict()
@@ -130,6 +133,8 @@ def optim_config() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Compiled programs kept on disk between runs (lcmsm_jax/compile_cache.py); "" = none.
+    config.compile_cache_dir = "~/.cache/lcmsm-jax/xla"
     config.model = model_config()
     config.data = data_config()
     config.uda = uda_config()

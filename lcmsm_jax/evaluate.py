@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lcmsm_jax import export, inference, miou, sharding
+from lcmsm_jax import compile_cache, export, inference, miou, sharding
 from lcmsm_jax.data import labels as label_tables
 
 HEADS = ("decode", "lcmsm")
@@ -309,7 +309,7 @@ class Evaluator:
             process_count=jax.process_count(),
             scale=tuple(data.eval.scale),
             num_threads=data.num_threads,
-            worker_count=data.worker_count,
+            worker_count=pipeline.worker_count(data.worker_count),
         )
 
     def _report(self, results: dict, workdir, step, weights: str, log) -> dict:
@@ -499,6 +499,7 @@ def evaluate_run(
     log: Callable[[str], None] = print,
 ) -> dict:
     """What `lcmsm-eval` does: restore a run's weights, then `Evaluator.run`."""
+    compile_cache.enable(config.get("compile_cache_dir", ""))
     weights = weights or config.eval.weights
     head = head or config.eval.head
     graphdef, params, batch_stats, step = load_weights(config, workdir, step=step, weights=weights)

@@ -25,7 +25,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lcmsm_jax import evaluate, export, sharding
+from lcmsm_jax import compile_cache, evaluate, export, sharding
 from lcmsm_jax.data import pngio
 from lcmsm_jax.data import transforms as T
 
@@ -135,6 +135,7 @@ def predict_images(
 
     Unreadable images are skipped with a warning; raises ValueError when none can be read.
     """
+    compile_cache.enable(config.get("compile_cache_dir", ""))
     outcome = Outcome()
     paths, sizes = _readable(paths, outcome, log)  # before loading weights: fails fast
     weights = weights or config.eval.weights

@@ -40,6 +40,7 @@ from flax import nnx
 
 from lcmsm_jax import (
     checkpoint,
+    compile_cache,
     config_cli,
     convert,
     metrics_log,
@@ -462,6 +463,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     another model, checkpoint.CheckpointError when none of the run's checkpoints reads.
     """
     sharding.initialize_distributed()
+    compile_cache.enable(config.get("compile_cache_dir", ""))
     _check_train_keys(config)
     workdir = Path(workdir).absolute()
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)

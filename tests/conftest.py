@@ -17,6 +17,8 @@ import jax  # noqa: E402
 # compilation cache for the session lets repeated XLA compilations be skipped.
 _cache_dir = tempfile.mkdtemp(prefix="lcmsm-jax-cache-")
 atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+# Also the folder train/eval/predict use (it takes precedence over config.compile_cache_dir).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
 jax.config.update("jax_compilation_cache_dir", _cache_dir)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 

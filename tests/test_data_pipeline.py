@@ -212,3 +212,16 @@ def test_flip_is_fair_and_keeps_image_and_label_aligned():
         np.testing.assert_allclose(red, view["label"] * 20, atol=1e-3)
         flips += view["label"][0, 0] == 11
     assert 160 < flips < 240  # p = 0.5, 400 draws: within 4 sigma
+
+
+def test_automatic_worker_count_leaves_cores_for_the_training_process(monkeypatch):
+    assert pipeline.worker_count(3, iterators=2) == 3  # an explicit count is kept
+    assert pipeline.worker_count(0, iterators=2) == 0
+    # -1: (cores - RESERVED_CORES) shared by the iterators, capped.
+    assert pipeline.worker_count(-1, iterators=2, cores=2) == 0  # this machine: in-process
+    assert pipeline.worker_count(-1, iterators=2, cores=16) == 7  # a GPU host, per domain
+    assert pipeline.worker_count(-1, iterators=1, cores=16) == 8  # evaluation, capped
+    assert pipeline.worker_count(-1, iterators=2, cores=1) == 0
+    # Without `cores`: the CPUs this process may run on (its affinity), not the machine's.
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert pipeline.worker_count(-1, iterators=2) == 2

@@ -48,8 +48,17 @@ def records(workdir):
 
 
 @pytest.mark.slow
-def test_train_resume_continues_exactly(tmp_path, capsys):
+def test_train_resume_continues_exactly(tmp_path, capsys, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    # Every run compiles its step once: saving, logging, evaluating and restoring keep the
+    # state's shardings and dtypes (a changed one would recompile the step silently).
+    steps_jitted = []
+    jit_train_step = train._jit_train_step
+    monkeypatch.setattr(
+        train,
+        "_jit_train_step",
+        lambda *a: steps_jitted.append(jit_train_step(*a)) or steps_jitted[-1],
+    )
     common = ["--config.train.checkpoint_every=10", "--config.train.keep_checkpoints=3",
               "--config.train.image_every=10", "--config.train.eval_every=20"]  # fmt: skip
     assert run(straight, 20, *common) == 0
@@ -76,6 +85,7 @@ def test_train_resume_continues_exactly(tmp_path, capsys):
     assert [r["step"] for r in records(resumed) if "train/loss/total" in r] == list(range(1, 11))
     assert run(resumed, 20, *common) == 0
     assert "resumed from" in capsys.readouterr().out
+    assert [step._cache_size() for step in steps_jitted] == [1, 1, 1]
     first = {r["step"]: r for r in train_records}
     again = {r["step"]: r for r in records(resumed) if "train/loss/total" in r}
     for step in range(11, 21):

@@ -70,7 +70,7 @@ def train_iterators(config: ml_collections.ConfigDict, *, target_labels: bool = 
         seed=config.seed,
         crop_size=tuple(data.crop_size),
         num_threads=data.num_threads,
-        worker_count=data.worker_count,
+        worker_count=pipeline.worker_count(data.worker_count, iterators=2),
         **shard,
     )
     source = open_domain(

@@ -238,12 +238,13 @@ class DAFormerHead(nnx.Module):
     def __call__(
         self, features: Sequence[jax.Array], *, train: bool, rng: jax.Array | None = None
     ) -> jax.Array:
-        """Four maps (strides 4..32) -> logits [B, H/4, W/4, num_classes].
+        """Four maps (strides 4..32) -> logits [B, H/4, W/4, num_classes], at least float32
+        (the classifier runs in the compute dtype; losses and softmax read float32).
 
         `train` selects BatchNorm batch statistics; `rng` enables Dropout2d (None = off).
         """
         fused = _run_trunk(self.embed_layers, self.fuse_layer, features, train)
-        return self.conv_seg(layers.channel_dropout(fused, self.dropout, rng))
+        return layers.at_least_f32(self.conv_seg(layers.channel_dropout(fused, self.dropout, rng)))
 
 
 def text_pixel_correlation(
@@ -255,8 +256,11 @@ def text_pixel_correlation(
       features: [B, H, W, D] pixel features.
       text_features: [K, D] projected text features.
     Returns:
-      [B, H, W, K]. The reference has no epsilon in its norms; `eps` only guards 0/0.
+      [B, H, W, K] in (at least) float32: a cosine scaled by 1/tau = 14.3 would carry
+      bfloat16's 0.4% error into the pseudo-label confidence. The matmul is small (K = 19).
+      The reference has no epsilon in its norms; `eps` only guards 0/0.
     """
+    features, text_features = layers.at_least_f32(features), layers.at_least_f32(text_features)
     pixels = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), eps)
     text = text_features / jnp.maximum(jnp.linalg.norm(text_features, axis=-1, keepdims=True), eps)
     return logit_scale * jnp.einsum("bhwd,kd->bhwk", pixels, text.astype(pixels.dtype))
@@ -356,8 +360,10 @@ class LCMSMHead(nnx.Module):
         train: bool,
         rng: jax.Array | None = None,
     ) -> jax.Array:
-        """Four maps + text features [K, D] -> logits [B, H/4, W/4, num_classes]."""
+        """Four maps + text features [K, D] -> logits [B, H/4, W/4, num_classes], at least
+        float32. The similarity maps are computed in float32 and joined to the fused
+        features in the compute dtype for the classifier."""
         fused = _run_trunk(self.embed_layers, self.fuse_layer, features, train)
         maps = self.correlate(fused, text_features)
         joint = jnp.concatenate([fused, maps.astype(fused.dtype)], axis=-1)
-        return self.conv_seg(layers.channel_dropout(joint, self.dropout, rng))
+        return layers.at_least_f32(self.conv_seg(layers.channel_dropout(joint, self.dropout, rng)))

@@ -18,6 +18,18 @@ from flax import nnx
 DEPTHWISE_IMPLS = ("auto", "conv", "shifted_sum")
 
 
+# --------------------------------------------------------------------------- precision
+
+
+def at_least_f32(x: jax.Array) -> jax.Array:
+    """`x` in float32 if it is a narrower float (bfloat16, float16); float64 stays float64.
+
+    Mixed precision keeps reductions, normalisation and logits in float32 while the matmuls
+    and convolutions run in the compute dtype.
+    """
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 # --------------------------------------------------------------------------- initialisers
 
 
@@ -126,11 +138,16 @@ def _windows(x: jax.Array, offsets: list) -> list[jax.Array]:
 
 
 def _shifted_sum(x: jax.Array, weights: list, offsets: list) -> jax.Array:
-    """sum_t x[:, h + dy_t, w + dx_t] * weights[t] with zeros outside: [B, H, W, C]."""
+    """sum_t x[:, h + dy_t, w + dx_t] * weights[t] with zeros outside: [B, H, W, C].
+
+    The k*k products are accumulated in (at least) float32 and rounded once, as a
+    convolution accumulates (inside the same fusion as the sum).
+    """
     out = None
     for weight, window in zip(weights, _windows(x, offsets), strict=True):
-        out = window * weight if out is None else out + window * weight
-    return out
+        term = at_least_f32(window) * at_least_f32(weight)
+        out = term if out is None else out + term
+    return out.astype(x.dtype)
 
 
 # A hand-written backward: left to autodiff, XLA:CPU fuses each tap's transposed slice
@@ -154,12 +171,14 @@ def _depthwise_backward(dilation, residuals, cotangent):
     weights = [kernel[i, j, 0] for i, j, _, _ in taps]
     x_grad = _shifted_sum(cotangent, weights, [(-dy, -dx) for *_, dy, dx in taps])
     windows = _windows(x, [(dy, dx) for *_, dy, dx in taps])
+    # Each tap's kernel gradient sums B*H*W products: accumulate in float32 for bfloat16.
+    wide = at_least_f32(cotangent)
     per_tap = {
-        (i, j): jnp.sum(window * cotangent, axis=(0, 1, 2))
+        (i, j): jnp.sum(at_least_f32(window) * wide, axis=(0, 1, 2))
         for (i, j, _, _), window in zip(taps, windows, strict=True)
     }
     size, channels = kernel.shape[0], kernel.shape[-1]
-    zero = jnp.zeros((channels,), kernel.dtype)
+    zero = jnp.zeros((channels,), wide.dtype)
     kernel_grad = jnp.stack(
         [jnp.stack([per_tap.get((i, j), zero) for j in range(size)]) for i in range(size)]
     )[:, :, None, :]
@@ -225,10 +244,12 @@ class BatchNorm(nnx.Module):
         self.momentum = momentum
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """[..., C] -> [..., C]; `train` uses batch statistics and updates the running ones."""
+        """[..., C] -> [..., C] in x's dtype; `train` uses batch statistics and updates the
+        running ones. Statistics and the normalisation itself are computed in (at least)
+        float32, so a bfloat16 input is only rounded once, on output."""
         reduce_axes = tuple(range(x.ndim - 1))
+        x32 = at_least_f32(x)
         if train:
-            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             mean = jnp.mean(x32, axis=reduce_axes)
             var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
             count = math.prod(x.shape[:-1])
@@ -239,7 +260,7 @@ class BatchNorm(nnx.Module):
         else:
             mean, var = self.mean[...], self.var[...]
         inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
-        return (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + self.bias[...].astype(x.dtype)
+        return ((x32 - mean) * inv + self.bias[...]).astype(x.dtype)
 
 
 def layer_norm(num_features: int, eps: float, *, rngs: nnx.Rngs, dtype: jnp.dtype) -> nnx.LayerNorm:

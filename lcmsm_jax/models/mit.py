@@ -42,6 +42,11 @@ PATCH_NORM_EPS = 1e-5
 SR_NORM_EPS = 1e-5
 BLOCK_NORM_EPS = 1e-6
 
+# Activation checkpointing (config.model.remat): "block" keeps only each transformer
+# block's input for the backward pass and recomputes the block, "stage" only each stage's
+# input; either trades one extra forward of the backbone for activation memory.
+REMAT_MODES = ("none", "block", "stage")
+
 
 def _mit_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype) -> nnx.Linear:
     # mmseg MiT: trunc_normal(std=0.02) weights, zero bias.
@@ -60,8 +65,19 @@ def _mit_conv_init(fan_out: int) -> nnx.Initializer:
     return jax.nn.initializers.normal(math.sqrt(2.0 / fan_out))
 
 
+def residual_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """The residual stream's dtype: at least float32, as PyTorch autocast keeps it. Block
+    branches compute in `dtype` and are added to it; 52 bfloat16 roundings of the stream
+    (MiT-B5) would otherwise accumulate."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class OverlapPatchEmbed(nnx.Module):
-    """Strided conv (kernel 7/stride 4 or kernel 3/stride 2, padding k//2) + LayerNorm."""
+    """Strided conv (kernel 7/stride 4 or kernel 3/stride 2, padding k//2) + LayerNorm.
+
+    The conv runs in `dtype`; the LayerNorm's output starts the residual stream, in
+    `residual_dtype(dtype)`.
+    """
 
     def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int, *, rngs, dtype):
         pad = patch_size // 2
@@ -76,7 +92,7 @@ class OverlapPatchEmbed(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.norm = layers.layer_norm(dim, PATCH_NORM_EPS, rngs=rngs, dtype=dtype)
+        self.norm = layers.layer_norm(dim, PATCH_NORM_EPS, rngs=rngs, dtype=residual_dtype(dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H/s, W/s, C]."""
@@ -155,7 +171,10 @@ class Block(nnx.Module):
         self.drop_path_rate = drop_path_rate
 
     def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
-        """[B, H, W, C] -> [B, H, W, C]; `rng=None` disables drop path."""
+        """[B, H, W, C] -> [B, H, W, C]; `rng=None` disables drop path.
+
+        The norms hand the branches `dtype` inputs; the sums stay in x's (float32) dtype.
+        """
         attn_key = mlp_key = None
         if rng is not None:
             attn_key, mlp_key = jax.random.split(rng)
@@ -173,6 +192,7 @@ class MixVisionTransformer(nnx.Module):
         in_channels: int = 3,
         drop_path_rate: float = 0.1,
         depthwise_impl: str = "auto",
+        remat: str = "none",
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
@@ -180,8 +200,12 @@ class MixVisionTransformer(nnx.Module):
             raise ValueError(
                 f"unknown MiT variant {variant!r}; expected one of {sorted(MIT_VARIANTS)}"
             )
+        if remat not in REMAT_MODES:
+            raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
         spec = MIT_VARIANTS[variant]
         self.embed_dims = spec.embed_dims
+        self.depths = spec.depths
+        self.remat = remat
         total_blocks = sum(spec.depths)
         # Drop-path rate rises linearly over all blocks, counted globally across stages.
         rates = [drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
@@ -225,17 +249,43 @@ class MixVisionTransformer(nnx.Module):
           rng: key for drop path (training); None = deterministic.
         Returns:
           Four maps [B, H/4, W/4, C1], [B, H/8, W/8, C2], [B, H/16, W/16, C3], [B, H/32, W/32, C4]
-          (ceil division for sizes that are not multiples of 32).
+          in the compute dtype (ceil division for sizes that are not multiples of 32).
         """
+        stage_fn = _run_stage
+        if self.remat == "stage":
+            stage_fn = nnx.remat(_run_stage, static_argnums=(1, 4))
         features = []
         x = images
-        block_index = 0
+        first_block = 0
         for stage in range(1, 5):
-            x = getattr(self, f"patch_embed{stage}")(x)
-            for block in getattr(self, f"block{stage}"):
-                key = None if rng is None else jax.random.fold_in(rng, block_index)
-                x = block(x, key)
-                block_index += 1
-            x = getattr(self, f"norm{stage}")(x)
+            x = stage_fn(self, stage, x, rng, first_block)
+            first_block += self.depths[stage - 1]
             features.append(x)
         return features
+
+
+def _call_block(block: Block, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    return block(x, rng)
+
+
+# The block under jax.checkpoint: only its input (and key) is kept for the backward pass.
+_call_block_remat = nnx.remat(_call_block)
+
+
+def _run_stage(
+    model: MixVisionTransformer,
+    stage: int,
+    x: jax.Array,
+    rng: jax.Array | None,
+    first_block: int,
+) -> jax.Array:
+    """Patch embedding, the stage's blocks and its norm: [B, H, W, C_in] -> [B, H/s, W/s, C].
+
+    Drop path keys are folded from `rng` with the block's global index.
+    """
+    call = _call_block_remat if model.remat == "block" else _call_block
+    x = getattr(model, f"patch_embed{stage}")(x)
+    for offset, block in enumerate(getattr(model, f"block{stage}")):
+        key = None if rng is None else jax.random.fold_in(rng, first_block + offset)
+        x = call(block, x, key)
+    return getattr(model, f"norm{stage}")(x)

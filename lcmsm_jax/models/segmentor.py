@@ -31,8 +31,10 @@ def _dtype(name: str) -> jnp.dtype:
 class Segmentor(nnx.Module):
     """Backbone + DAFormer head (`decode_head`) + LC-MSM head (`vlc_head`) + `text_embed_net`.
 
-    Built from `config.model` (see configs/base.py). Parameters are float32; computation
-    runs in `config.model.dtype`.
+    Built from `config.model` (see configs/base.py). Parameters are float32; matmuls and
+    convolutions run in `config.model.dtype`. With bfloat16, normalisation statistics, the
+    backbone's residual stream, the text-pixel correlation and the returned logits stay
+    float32; the feature maps are in the compute dtype.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -42,6 +44,7 @@ class Segmentor(nnx.Module):
             config.backbone,
             drop_path_rate=config.drop_path_rate,
             depthwise_impl=impl,
+            remat=config.get("remat", "none"),  # configs saved before the option: none
             rngs=rngs,
             dtype=dtype,
         )
