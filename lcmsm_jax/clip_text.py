@@ -2,7 +2,7 @@
 
 LC-MSM feeds the frozen OpenCLIP ViT-H-14 text tower the prompts "a photo of a {name}."
 for the 19 Cityscapes classes, with person/rider/bicycle/motorcycle renamed to
-pedestrian/driver/bike/motorbike (METHOD.md §2.4). The tower has no dropout, so its output
+pedestrian/driver/bike/motorbike (docs/method.md §2.5). The tower has no dropout, so its output
 is the same every step: this command computes it once and `lcmsm_jax.text` loads it.
 
 How the stored vectors are scaled (the file's `normalized` flag records which):

@@ -1,4 +1,5 @@
-"""Test-time inference as the reference runs it (METHOD.md §6): whole image or sliding window.
+"""Test-time inference as the reference runs it (docs/method.md §6.5): whole image or sliding
+window.
 
 Pure functions of a `logits_fn` (images [N, h, w, 3] -> head logits [N, h/4, w/4, K]), so
 they trace into any jitted function:

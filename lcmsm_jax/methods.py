@@ -1,6 +1,6 @@
 """The ablation ladder as data: each method is the LC-MSM config with terms switched off.
 
-METHOD.md §1.1 builds LC-MSM rung by rung (source-only, DACS, DAFormer, MIC(DAFormer),
+docs/method.md §1.3 builds LC-MSM rung by rung (source-only, DACS, DAFormer, MIC(DAFormer),
 LC-MSM). On one benchmark the rungs are compared with everything else held fixed: model,
 crops, schedule, EMA rate and evaluation come from the experiment config (e.g.
 `configs/demo.py`), and a method only changes which loss terms run and how the source is

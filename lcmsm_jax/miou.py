@@ -1,4 +1,4 @@
-"""Confusion matrices and mmseg's segmentation metrics (METHOD.md §6).
+"""Confusion matrices and mmseg's segmentation metrics (docs/method.md §6.6).
 
 Per class c over the whole split: I_c = #(pred = c and gt = c), U_c = #pred + #gt - I_c,
 gt = 255 excluded; IoU_c = I_c / U_c, NaN when U_c = 0 (a class absent from both), and the

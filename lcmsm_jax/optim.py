@@ -1,6 +1,6 @@
 """AdamW with name-matched parameter groups and the mmcv poly schedule with linear warmup.
 
-Reproduces the reference optimiser (METHOD.md §2.5, §5): PyTorch AdamW semantics (decay
+Reproduces the reference optimiser (docs/method.md §2.6, §6.1-6.2): PyTorch AdamW semantics (decay
 p <- p * (1 - lr * wd) decoupled from the Adam step, eps added after the bias-corrected
 square root) are exactly `optax.adamw`; the groups are `optax.multi_transform` branches
 whose learning rate and decay are the base values times the group's multipliers.

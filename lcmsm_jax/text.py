@@ -1,6 +1,6 @@
 """Frozen class-name text embeddings: the file format, its validation, and config specs.
 
-LC-MSM conditions its LC head on text embeddings of the class names (METHOD.md §2.4). The
+LC-MSM conditions its LC head on text embeddings of the class names (docs/method.md §2.5). The
 text tower is frozen and has no dropout, so the embeddings are computed once (by
 `lcmsm-embed-text`, see `lcmsm_jax.clip_text`) and stored in a small `.npz` file:
 

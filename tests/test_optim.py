@@ -16,7 +16,7 @@ import base  # noqa: E402
 
 
 def test_schedule_check_values():
-    """METHOD.md §5 check values for the backbone group, T = 60 000."""
+    """docs/method.md §6.2 check values for the backbone group, T = 60 000."""
     schedule = optim.poly_warmup_schedule(6e-5, 60_000, warmup_steps=1500, warmup_ratio=1e-6)
     np.testing.assert_allclose(schedule(0), 6.0e-11, rtol=1e-5)
     np.testing.assert_allclose(schedule(750), 2.9625e-5, rtol=1e-5)

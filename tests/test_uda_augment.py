@@ -1,4 +1,4 @@
-"""Strong augmentation: draws, HSV maths, each jitter op, op order, blur (METHOD.md §3.2).
+"""Strong augmentation: draws, HSV maths, each jitter op, op order, blur (docs/method.md §3.13).
 
 The references below are plain numpy written from the formulas (kornia 0.5.8 conventions);
 one test also compares with kornia 0.5.8 itself.

@@ -1,4 +1,4 @@
-"""EMA teacher: α schedule and the parameter update (METHOD.md §3, Step 0)."""
+"""EMA teacher: α schedule and the parameter update (docs/method.md §3.2)."""
 
 import jax
 import jax.numpy as jnp

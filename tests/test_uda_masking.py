@@ -1,4 +1,4 @@
-"""Block mask: layout, keep rule, ratio, non-multiple sides, application (METHOD.md §3.1)."""
+"""Block mask: layout, keep rule, ratio, non-multiple sides, application (docs/method.md §3.12)."""
 
 import jax
 import jax.numpy as jnp

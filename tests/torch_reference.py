@@ -43,7 +43,7 @@ def segformer_config(**overrides):
 
 def match_nvlabs_epsilons_(model: nn.Module) -> None:
     """transformers uses eps 1e-5 in every LayerNorm; NVlabs MiT uses 1e-6 in the block and
-    end-of-stage norms. Set them so the reference is the MiT of METHOD.md §2.1."""
+    end-of-stage norms. Set them so the reference is the MiT of docs/method.md §2.2."""
     for name, module in model.named_modules():
         if isinstance(module, nn.LayerNorm) and (
             name.endswith(("layernorm_before", "layernorm_after"))

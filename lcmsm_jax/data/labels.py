@@ -1,4 +1,4 @@
-"""Class names, palettes and label-id tables (METHOD.md §4.3-4.4).
+"""Class names, palettes and label-id tables (docs/method.md §5.2-5.3).
 
 Every dataset's label PNGs hold dataset-specific ids. Training and evaluation use the 19
 Cityscapes trainIds (0..18) with 255 = ignore. The tables below are plain dicts

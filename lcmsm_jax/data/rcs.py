@@ -1,4 +1,4 @@
-"""Rare-class sampling (RCS, METHOD.md §4.5): class statistics and the class-balanced sampler.
+"""Rare-class sampling (RCS, docs/method.md §5.5): class statistics and the class-balanced sampler.
 
 Statistics are per-image trainId pixel counts at native resolution, `[N, C]` int64 (ignore not
 counted). With class frequencies f_c = N_c / sum N over the classes that occur, a class is

@@ -1,4 +1,5 @@
-"""Per-image numpy transforms: keep-ratio resize, crop, flip, normalise, pad (METHOD.md §4.1-4.2).
+"""Per-image numpy transforms: keep-ratio resize, crop, flip, normalise, pad (docs/method.md
+§5.1, §5.4).
 
 Sizes are `(height, width)` throughout. Images are uint8 `[H, W, 3]` RGB until `normalize`;
 labels are uint8 `[H, W]` trainIds with 255 = ignore.

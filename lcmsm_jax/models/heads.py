@@ -1,4 +1,4 @@
-"""Decoders: the DAFormer fusion head and the LC-MSM head (METHOD.md §2.2-2.3), NHWC.
+"""Decoders: the DAFormer fusion head and the LC-MSM head (docs/method.md §2.3-2.4), NHWC.
 
 Both heads share one trunk design: a per-level linear embedding, bilinear upsampling to
 stride 4, concatenation in level order, and a fusion block (separable ASPP in LC-MSM and
@@ -338,7 +338,7 @@ class LCMSMHead(nnx.Module):
             None if spatial_block == "none" else SpatialBlock(spatial_block, activation, rngs=rngs)
         )
         self.block_depth = block_depth
-        # A constant, never trained (METHOD.md §8 #5): the reference exponentiates log(1/tau).
+        # A constant, never trained (docs/method.md §7.5): the reference exponentiates log(1/tau).
         self.logit_scale = 1.0 / tau
         self.conv_seg = _classifier(channels + num_classes, num_classes, rngs=rngs, dtype=dtype)
         self.dropout = dropout

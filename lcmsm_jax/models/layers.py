@@ -294,7 +294,7 @@ def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
     """Bilinear resize of [B, H, W, C] to [B, *size, C] with align_corners=False semantics.
 
-    No antialiasing, so downscaling matches torch's F.interpolate too (METHOD.md §8 #30).
+    No antialiasing, so downscaling matches torch's F.interpolate too (docs/method.md §7.30).
     """
     if tuple(x.shape[1:3]) == tuple(size):
         return x

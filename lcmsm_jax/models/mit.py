@@ -1,4 +1,4 @@
-"""Mix Transformer (MiT-B0..B5), the SegFormer encoder, in NHWC (METHOD.md §2.1).
+"""Mix Transformer (MiT-B0..B5), the SegFormer encoder, in NHWC (docs/method.md §2.2).
 
 Attribute names follow the NVlabs/mmseg implementation (`patch_embed1`, `block1.0.attn.kv`,
 `norm1`, ...) so that converting a PyTorch checkpoint is a rename-and-transpose table.

@@ -79,7 +79,7 @@ class Segmentor(nnx.Module):
             rngs=rngs,
             dtype=dtype,
         )
-        # Learnable CLIP-dim -> head-dim projection, torch default init (METHOD.md §2.4).
+        # Learnable CLIP-dim -> head-dim projection, torch default init (docs/method.md §2.5).
         self.text_embed_net = layers.torch_linear(
             config.text_dim, lcmsm.channels, rngs=rngs, dtype=dtype
         )

@@ -1,4 +1,4 @@
-"""Strong augmentation of normalised images: colour jitter and Gaussian blur (METHOD.md §3.2).
+"""Strong augmentation of normalised images: colour jitter and Gaussian blur (docs/method.md §3.13).
 
 The maths follows the DACS transforms on kornia 0.5.8, which the reference trains with:
 

@@ -1,4 +1,4 @@
-"""ClassMix: paste the pixels of half the source classes onto the target (METHOD.md §3, Step 7).
+"""ClassMix: paste the pixels of half the source classes onto the target (docs/method.md §3.7).
 
 Label values map to *slots*: class c in 0..K-1 is slot c, and every other value (the ignore
 label 255) is slot K. Sets of label values are boolean vectors over the K + 1 slots, which keeps

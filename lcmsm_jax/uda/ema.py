@@ -1,4 +1,4 @@
-"""EMA teacher update (METHOD.md §3, Step 0). Parameters only; BN statistics are not averaged."""
+"""EMA teacher update (docs/method.md §3.2). Parameters only; BN statistics are not averaged."""
 
 from typing import Any
 

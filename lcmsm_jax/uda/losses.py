@@ -1,4 +1,4 @@
-"""Segmentation losses of the train step (METHOD.md §3.3, Steps 5 and 6). NHWC, float32 maths.
+"""Segmentation losses of the train step (docs/method.md §3.5-3.6, §3.14). NHWC, float32 maths.
 
 * `cross_entropy`: pixel-weighted CE with ignore, averaged over *all* pixels (mmseg 0.16).
 * `feature_distance`: thing-class ImageNet feature distance (DAFormer FD), unscaled; the caller

@@ -1,4 +1,4 @@
-"""Block mask of masked image modelling (MIC's `block` generator, METHOD.md §3.1)."""
+"""Block mask of masked image modelling (MIC's `block` generator, docs/method.md §3.12)."""
 
 import jax
 import jax.numpy as jnp

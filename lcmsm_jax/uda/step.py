@@ -1,4 +1,4 @@
-"""The LC-MSM training step (METHOD.md §3) as one pure loss function and one update.
+"""The LC-MSM training step (docs/method.md §3) as one pure loss function and one update.
 
 `loss_fn(params, batch, rest, rng, draws=None) -> (total_loss, aux)` computes every term of
 the step; `train_step(state, batch, rng) -> (state, metrics)` differentiates it, applies the
@@ -12,7 +12,7 @@ State (a plain dict of pytrees):
   params, batch_stats   student (includes the text projection `text_embed_net`)
   ema_params            teacher parameters (EMA of the student's)
   ema_batch_stats       teacher BatchNorm buffers (updated, never used: its BN runs in
-                        training mode, METHOD.md §8 #13)
+                        training mode, docs/method.md §7.13)
   opt_state             optax state
   imnet_params          frozen ImageNet backbone for the feature distance
   text_embeddings       frozen CLIP class embeddings [K, D_text]
