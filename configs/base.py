@@ -168,4 +168,15 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # devices on the data axis (-1 = all)
+    # Shard parameters and optimiser state over the data axis too (FSDP / ZeRO-3); off: the
+    # MiT-B5 LC-MSM state is ~2.2 GB per device, activations dominate.
+    config.mesh.fsdp = False
+    # Multi-process start-up (lcmsm_jax/sharding.py; README "Scaling"): every process runs the
+    # same command. auto | single | explicit | slurm | tpu (auto: the first one set up).
+    config.mesh.cluster = "auto"
+    config.mesh.coordinator = ""  # explicit: host:port of process 0 (or $LCMSM_COORDINATOR)
+    config.mesh.num_processes = 0  # explicit: process count (or $LCMSM_NUM_PROCESSES)
+    config.mesh.process_id = -1  # explicit: this process (or $LCMSM_PROCESS_ID)
+    config.mesh.slurm_process_per = "auto"  # gpu | node | auto (node when 1 task per node)
+    config.mesh.init_timeout = 60  # seconds for every process to join, then stop with an error
     return config

@@ -375,7 +375,12 @@ def restore_weights(
         params, batch_stats, pure = _weights_tree(model)
         stored = manager.item_metadata(step)[item]
         _check_fits(run_dir / str(step), item, _flat_shapes(stored.tree), _flat_shapes(pure))
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
+        # Onto this process's first device, whatever devices and processes wrote it (a run
+        # of 2 processes x 2 devices evaluates on 1 device); callers place them from there.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), pure
+        )
         args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
         restored, reason = _try_restore(lambda s: manager.restore(s, args=args)[item], step)
         manager.close()

@@ -122,6 +122,14 @@ def process_local_rows(array: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
 
 
+def _split_across_processes(x) -> bool:
+    return (
+        isinstance(x, jax.Array)
+        and not x.is_fully_addressable
+        and not x.sharding.is_fully_replicated
+    )
+
+
 class Evaluator:
     """Evaluation of a model's weights over a dataset, with one jitted step per input shape.
 
@@ -153,6 +161,7 @@ class Evaluator:
         self._predict = jax.jit(
             self._predict_impl, static_argnames=("out_size",), out_shardings=self.batch_sharding
         )
+        self._gather = jax.jit(lambda tree: tree, out_shardings=self.replicated)
         self._source = None  # config.data.eval, opened on the first `run`
 
     def _predict_impl(self, params, batch_stats, text_features, images, out_size):
@@ -178,7 +187,12 @@ class Evaluator:
 
     def put_weights(self, params, batch_stats, text_features):
         """Replicate the weights over the mesh (a no-op for arrays already placed so)."""
-        return jax.device_put((params, batch_stats, text_features), self.replicated)
+        tree = (params, batch_stats, text_features)
+        if any(_split_across_processes(x) for x in jax.tree.leaves(tree)):
+            # Weights split over processes (config.mesh.fsdp) are gathered by one jitted
+            # copy: device_put's cross-process reshard of each array hangs on CPU (gloo).
+            return self._gather(tree)
+        return jax.device_put(tree, self.replicated)
 
     def __call__(
         self,
@@ -498,8 +512,12 @@ def evaluate_run(
     export_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """What `lcmsm-eval` does: restore a run's weights, then `Evaluator.run`."""
+    """What `lcmsm-eval` does: restore a run's weights, then `Evaluator.run`.
+
+    Runs on any process and device count (the checkpoint's own does not matter)."""
+    sharding.initialize_distributed(config.mesh)  # first: before anything touches a device
     compile_cache.enable(config.get("compile_cache_dir", ""))
+    log = log if jax.process_index() == 0 else (lambda _: None)
     weights = weights or config.eval.weights
     head = head or config.eval.head
     graphdef, params, batch_stats, step = load_weights(config, workdir, step=step, weights=weights)

@@ -206,6 +206,24 @@ def _resume(manager, state, source_it, target_it, changes: list, say) -> tuple[d
     return restored, step
 
 
+def _check_process_count(directory: Path, step: int) -> None:
+    """Refuse (UsageError) to resume checkpoint `step` with another process count.
+
+    grain saves each process's data iterator position on its own
+    (`source_iter/process_<i>-of-<n>.json`); another count has no position to read. The
+    model state itself restores onto any device or process count (lcmsm-eval does so).
+    """
+    files = [p.name for p in (directory / str(step) / "source_iter").glob("process_*-of-*.json")]
+    counts = sorted({int(name.rsplit("-of-", 1)[1].removesuffix(".json")) for name in files})
+    if counts and jax.process_count() not in counts:
+        raise config_cli.UsageError(
+            f"{directory / str(step)} was written by {counts[0]} process(es); this run has "
+            f"{jax.process_count()}. The data iterators' positions are saved per process "
+            f"(grain), so resume with {counts[0]} process(es) (lcmsm-eval reads the checkpoint "
+            "on any count); nothing was changed"
+        )
+
+
 # ----------------------------------------------------------------------------- config on resume
 
 
@@ -462,9 +480,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     loss or the state diverges, config_cli.UsageError when the workdir holds a run of
     another model, checkpoint.CheckpointError when none of the run's checkpoints reads.
     """
-    sharding.initialize_distributed()
+    sharding.initialize_distributed(config.mesh)  # first: before anything touches a device
     compile_cache.enable(config.get("compile_cache_dir", ""))
     _check_train_keys(config)
+    if config.train.compare_with and jax.process_count() > 1:
+        # The comparison's prediction pictures run on one device; refused before training.
+        raise config_cli.UsageError(
+            f"config.train.compare_with = {tuple(config.train.compare_with)} runs in one "
+            f"process, this run has {jax.process_count()}; pass "
+            "--config.train.compare_with='()' and compare the runs with tools/ladder.py"
+        )
     workdir = Path(workdir).absolute()
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     changes = _check_resume_config(config, workdir, say)  # before anything is written
@@ -478,15 +503,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         return _run(config, workdir, manager, changes, say)
 
 
-def _jit_train_step(config, graphdef, imnet_graphdef, tx, schedule, replicated, batch_sharding):
-    """`train_step(state, batch, rng) -> (state, metrics)`, jitted; `state` is donated."""
+def _jit_train_step(config, graphdef, imnet_graphdef, tx, schedule, state_sharding, batch_sharding):
+    """`train_step(state, batch, rng) -> (state, metrics)`, jitted; `state` is donated and
+    keeps `state_sharding` (a tree of shardings: replicated, or split with config.mesh.fsdp)."""
     step_fn = uda_step.make_train_step(
         config, graphdef, imnet_graphdef, tx, schedule, with_images=config.train.image_every > 0
     )
+    replicated = sharding.replicated(batch_sharding.mesh)
     return jax.jit(
         step_fn,
-        in_shardings=(replicated, batch_sharding, replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
 
@@ -502,13 +529,16 @@ def _report_unfinished_saves(workdir: Path, say) -> None:
 def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: list, say) -> dict:
     """Set up and run the loop with an open checkpoint manager (see the module docstring)."""
     is_main = jax.process_index() == 0
+    if manager.all_steps():  # refused before any work when it cannot resume
+        _check_process_count(Path(manager.directory), max(manager.all_steps()))
 
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh.data)
-    replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    batch_sharding = sharding.batch_sharded(mesh)
     sharding.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
     say(f"mesh: {mesh.devices.size} devices ({jax.default_backend()}), "
-        f"{jax.process_count()} process(es)")  # fmt: skip
+        f"{jax.process_count()} process(es)"
+        f"{', parameters sharded (config.mesh.fsdp)' if config.mesh.fsdp else ''}")  # fmt: skip
 
     # ------------------------------------------------------------------ data
     target_labels = bool(config.uda.target_supervised)
@@ -529,12 +559,14 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
 
     # ------------------------------------------------------------------ optimiser and state
     tx, schedule = optim.make_optimizer(config.optim, params.to_pure_dict(), config.train.steps)
-    state = jax.device_put(uda_step.init_state(model, tx, text_embeddings), replicated)
+    state = uda_step.init_state(model, tx, text_embeddings)
+    state_sharding = sharding.state_shardings(state, mesh, config.mesh.fsdp)
+    state = jax.device_put(state, state_sharding)
     del model, params
 
     # ------------------------------------------------------------------ jit
     train_step = _jit_train_step(
-        config, graphdef, imnet_graphdef, tx, schedule, replicated, batch_sharding
+        config, graphdef, imnet_graphdef, tx, schedule, state_sharding, batch_sharding
     )
     evaluator = None
     if config.train.eval_every >= 0:  # -1 disables evaluation
@@ -546,7 +578,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
     directory = Path(manager.directory)
     found = _resume(manager, state, source_it, target_it, changes, say) if resuming else None
     if found is not None:
-        state = jax.device_put(found[0], replicated)
+        state = jax.device_put(found[0], state_sharding)
         say(f"initial weights: resumed from {directory / str(found[1])}")
     start = int(jax.device_get(state["step"]))
     if changes:
@@ -627,7 +659,10 @@ def _due(done: int, every: int) -> bool:
 def _save_panel(workdir: Path, step: int, batch: dict, images: dict, is_main: bool) -> None:
     if not is_main:
         return
-    host = {k: np.asarray(jax.device_get(v)) for k, v in batch.items()}
+    # This process's rows: the batch is split across processes; row 0 is process 0's.
+    from lcmsm_jax.evaluate import process_local_rows
+
+    host = {k: process_local_rows(v) for k, v in batch.items()}
     panel = visualize.debug_panel(host, images, images.get("mix_prediction"))
     visualize.save_png(workdir / "images" / f"step_{step:07d}.png", panel)
 
@@ -665,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except config_cli.UsageError as err:  # the workdir holds a run of another model
         return config_cli.report_usage("lcmsm-train", err)
-    if result["eval"]:
+    if result["eval"] and jax.process_index() == 0:
         print(f"final mIoU {result['eval']['mIoU']:.2f} at step {result['step']}")
     if fv.config.train.compare_with and result["step"] == fv.config.train.steps:
         from lcmsm_jax import ladder

@@ -57,16 +57,31 @@ def _class_counts(domain: ml_collections.ConfigDict, source) -> np.ndarray | Non
     return rcs.load_class_counts(domain.root, domain.split, source)
 
 
-def train_iterators(config: ml_collections.ConfigDict, *, target_labels: bool = False):
+def train_iterators(
+    config: ml_collections.ConfigDict,
+    *,
+    target_labels: bool = False,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
     """(source iterator, target iterator) of this process's share of each global batch.
 
     `target_labels` loads target labels too (only the target-supervised oracle uses them).
+    The global batch (its images, their order and crops) is the same for any process count
+    (`pipeline.BlockDraws`); process_index / process_count default to this process's (tests
+    name others).
     """
     data = config.data
-    per_process = data.batch_size // jax.process_count()
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if data.batch_size % count:
+        raise ValueError(
+            f"config.data.batch_size = {data.batch_size} is not divisible by the {count} "
+            "processes of this run"
+        )
+    shard = dict(process_index=index, process_count=count)
     common = dict(
-        batch_size=per_process,
+        batch_size=data.batch_size // count,
         seed=config.seed,
         crop_size=tuple(data.crop_size),
         num_threads=data.num_threads,

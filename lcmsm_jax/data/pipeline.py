@@ -2,10 +2,11 @@
 
 Training streams are infinite sequences of *draws* k = 0, 1, 2, ...; draw k is a pure function
 of (seed, stream name, k): its own numpy Generator picks the image (RCS class + image, or the
-k-th entry of a per-epoch permutation), the crop and the flip. Process p of P takes draws
-p, p + P, p + 2P, ..., so the processes read disjoint draws, together exactly the draws of a
-single-process run, and the union of one global batch does not depend on P. Source and target
-are separate streams (different names), hence independent.
+k-th entry of a per-epoch permutation), the crop and the flip. Global batch b holds draws
+b*B .. (b+1)*B - 1 in order, and process p of P reads the p-th block of B/P of them
+(`BlockDraws`): joined in process order, the processes' shares are exactly the
+single-process batch, row for row, so a row's augmentation in the step does not depend on P.
+Source and target are separate streams (different names), hence independent.
 
 Batches are dicts of numpy arrays:
   train: image [B, h, w, 3] float32 normalised, label [B, h, w] int32 (255 = ignore; only if
@@ -94,6 +95,20 @@ def _describe(source, index: int) -> str:
 
 def _hw(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]} (width x height)"
+
+
+class BlockDraws:
+    """Position m of process p's stream -> global draw index: global batch b holds draws
+    [b*B, (b+1)*B) and process p reads rows [p*B/P, (p+1)*B/P) of it. A picklable callable
+    for `MapDataset.map`."""
+
+    def __init__(self, process_index: int, process_count: int, per_process: int):
+        self.process_index, self.process_count = process_index, process_count
+        self.per_process = per_process
+
+    def __call__(self, m: int) -> int:
+        batch, row = divmod(int(m), self.per_process)
+        return (batch * self.process_count + self.process_index) * self.per_process + row
 
 
 class TrainExample:
@@ -242,7 +257,10 @@ def train_dataset(
         view_kwargs=view_kwargs,
         min_class_pixels=rcs_min_pixels * rcs_min_crop_ratio,
     )
-    ds = grain.MapDataset.range(0, sys.maxsize)[process_index::process_count]
+    positions = sys.maxsize // (batch_size * process_count)  # endless in practice
+    ds = grain.MapDataset.range(0, positions).map(
+        BlockDraws(process_index, process_count, batch_size)
+    )
     ds = ds.map(example).batch(batch_size, drop_remainder=True)
     return _to_iter(ds, num_threads, prefetch_batches, worker_count, worker_buffer)
 
