@@ -1,4 +1,4 @@
-"""Defaults shared by every experiment: LC-MSM on GTA5 -> Cityscapes (METHOD.md).
+"""Defaults shared by every experiment: LC-MSM on GTA5 -> Cityscapes (docs/method.md §4).
 
 Experiment files import `get_config()` from here and change only what differs.
 Any field can be overridden on the command line: `--config.model.backbone=mit_b0`.
@@ -39,7 +39,7 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-    """GTA5 (RCS) -> Cityscapes train, evaluated on Cityscapes val (METHOD.md §4)."""
+    """GTA5 (RCS) -> Cityscapes train, evaluated on Cityscapes val (docs/method.md §5)."""
     data = ml_collections.ConfigDict()
     data.batch_size = 2  # global images per domain per step
     data.crop_size = (512, 512)
@@ -82,7 +82,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def uda_config() -> ml_collections.ConfigDict:
-    """The LC-MSM step (METHOD.md §3); the ablation ladder switches terms off."""
+    """The LC-MSM step (docs/method.md §3); the ablation ladder switches terms off."""
     uda = ml_collections.ConfigDict()
     uda.enabled = True  # False: source-only training (CE on source crops only)
     uda.alpha = 0.999  # EMA teacher: alpha_t = min(1 - 1/(t+1), alpha)
@@ -108,7 +108,7 @@ def uda_config() -> ml_collections.ConfigDict:
 
 
 def optim_config() -> ml_collections.ConfigDict:
-    """AdamW 6e-5, heads x10, no decay on norms, warmup 1500 then poly (METHOD.md §5)."""
+    """AdamW 6e-5, heads x10, no decay on norms, warmup 1500 then poly (docs/method.md §6.1-6.2)."""
     optim = ml_collections.ConfigDict()
     optim.lr = 6e-5
     optim.betas = (0.9, 0.999)

@@ -1,6 +1,6 @@
 """Evaluation of a run: restore, sharded inference + confusion matrix, tables, exports.
 
-As the reference evaluates (METHOD.md §6): the network sees the keep-ratio resized image
+As the reference evaluates (docs/method.md §6.4-6.6): the network sees the keep-ratio resized image
 (Cityscapes 1024x512), `inference.predict_labels` (slide or whole) predicts at the label's
 native resolution (2048x1024) and `miou` turns the confusion matrix into the metrics.
 
@@ -413,8 +413,8 @@ def text_inputs(
     """(params holding the text projection, raw embeddings [K, D_text]) for the LC head.
 
     The embeddings are config.text.embeddings. The projection is the student's: the
-    teacher has no copy of its own (METHOD.md §2.4), so for teacher weights the student of
-    the same step is restored; `params` (the student's) serve otherwise.
+    teacher has no copy of its own (docs/method.md §2.5, §7.6), so for teacher weights the
+    student of the same step is restored; `params` (the student's) serve otherwise.
     """
     from lcmsm_jax import text
 
