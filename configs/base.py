@@ -155,8 +155,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.image_every = 1_000  # debug panels; 0 = never
     config.train.init = ""  # an `lcmsm-convert` workdir to start from
     config.train.pretrained = ""  # ImageNet MiT checkpoint (mit_b5.pth) for the backbone
-    # Ladder methods (lcmsm_jax/methods.py) trained afterwards with the same seed in
-    # <workdir>/baselines/<method> and tabulated next to this run (the demo: source_only).
+    # lcmsm-demo only (lcmsm-train trains the run alone): ladder methods (lcmsm_jax/methods.py)
+    # trained afterwards with the same seed in <workdir>/baselines/<method> and tabulated next
+    # to this run (the demo: source_only).
     config.train.compare_with = ()
 
     config.eval = ml_collections.ConfigDict()

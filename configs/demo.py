@@ -5,8 +5,8 @@ Source: synthetic "GTA-like" scenes (labelled); target: synthetic "Cityscapes-li
 different appearance (palette, lighting, texture, noise, blur; `lcmsm_jax/data/synthetic.py`).
 A MiT-B0 model with 64-wide heads is trained from scratch with the full LC-MSM step, then
 the same model is trained source-only with the same seed and steps
-(`config.train.compare_with`); the run prints both target mIoUs and writes
-comparison.{md,json} and predictions/*.png.
+(`config.train.compare_with`, read by `lcmsm-demo`); it prints both target mIoUs and
+writes comparison.{md,json} and predictions/*.png. `lcmsm-train` trains the LC-MSM run alone.
 
 Text anchors are random unit vectors unless `--config.text.embeddings` points to a file
 from `lcmsm-embed-text`. Differences from the paper's setting, all because nothing here is

@@ -10,6 +10,7 @@ from lcmsm_jax import config_cli
 # Command -> module whose `main(argv) -> int` runs it.
 COMMANDS = {
     "lcmsm-train": "lcmsm_jax.train",
+    "lcmsm-demo": "lcmsm_jax.demo",
     "lcmsm-eval": "lcmsm_jax.evaluate",
     "lcmsm-predict": "lcmsm_jax.predict",
     "lcmsm-convert": "lcmsm_jax.convert",
@@ -56,6 +57,11 @@ def prepare() -> None:
 def train() -> None:
     """`lcmsm-train`: run or resume training."""
     sys.exit(run("lcmsm-train", sys.argv[1:]))
+
+
+def demo() -> None:
+    """`lcmsm-demo`: train a run and the methods it is compared with, then the table."""
+    sys.exit(run("lcmsm-demo", sys.argv[1:]))
 
 
 def evaluate() -> None:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lcmsm_jax import methods, visualize
+from lcmsm_jax import methods, train, visualize
 from lcmsm_jax.data import labels
 
 BASELINE, ORACLE = "source_only", "oracle"
@@ -44,8 +44,6 @@ def run_method(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train `method` with `seed` in `workdir` (or read the finished run); final eval results."""
-    from lcmsm_jax import train
-
     config = method_config(config, method, seed)
     final = final_results_path(config, workdir)
     if final.is_file():

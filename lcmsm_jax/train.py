@@ -483,13 +483,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     sharding.initialize_distributed(config.mesh)  # first: before anything touches a device
     compile_cache.enable(config.get("compile_cache_dir", ""))
     _check_train_keys(config)
-    if config.train.compare_with and jax.process_count() > 1:
-        # The comparison's prediction pictures run on one device; refused before training.
-        raise config_cli.UsageError(
-            f"config.train.compare_with = {tuple(config.train.compare_with)} runs in one "
-            f"process, this run has {jax.process_count()}; pass "
-            "--config.train.compare_with='()' and compare the runs with tools/ladder.py"
-        )
     workdir = Path(workdir).absolute()
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     changes = _check_resume_config(config, workdir, say)  # before anything is written
@@ -667,52 +660,56 @@ def _save_panel(workdir: Path, step: int, batch: dict, images: dict, is_main: bo
     visualize.save_png(workdir / "images" / f"step_{step:07d}.png", panel)
 
 
+def parse_command(prog: str, argv: list[str] | None, description: str):
+    """The flags of a training command (`--config`, `--workdir`, overrides), checked before
+    any work starts; returns (flag values, warnings). Raises config_cli.UsageError naming
+    the flag or key."""
+    from absl import flags
+
+    from lcmsm_jax import config_checks
+
+    def define(fv: flags.FlagValues) -> None:
+        flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, pictures).",
+                            flag_values=fv)  # fmt: skip
+
+    fv = config_cli.parse(prog, argv, define, required=("workdir",), description=description)
+    warnings = config_checks.check_train_config(fv.config)
+    if os.path.exists(fv.workdir) and not os.path.isdir(fv.workdir):
+        raise config_cli.UsageError(f"--workdir {fv.workdir} is a file; pass a folder")
+    return fv, warnings
+
+
+def run_command(prog: str, config: ml_collections.ConfigDict, workdir: str) -> tuple[int, dict]:
+    """`train(config, workdir)` as a command: (exit status, its result or {}). A diverged
+    run is 1, a preempted one 0 (it checkpointed; the same command resumes), a workdir of
+    another model 2."""
+    try:
+        result = train(config, workdir)
+    except NonFiniteLossError as err:
+        print(f"{prog}: {err}")
+        return 1, {}
+    except Preempted:  # checkpointed; train() said where
+        return 0, {}
+    except config_cli.UsageError as err:  # the workdir holds a run of another model
+        return config_cli.report_usage(prog, err), {}
+    if result["eval"] and jax.process_index() == 0:
+        print(f"final mIoU {result['eval']['mIoU']:.2f} at step {result['step']}")
+    return 0, result
+
+
 def main(argv: list[str] | None = None) -> int:
     """`lcmsm-train --config C.py --workdir DIR [--config.a.b=v ...]`.
 
     The command line and the config are checked before any work starts (exit 2, naming the
     flag or key). Data and runtime failures are raised; `lcmsm_jax.cli` reports them.
     """
-    from absl import flags
-
-    from lcmsm_jax import config_checks, config_cli
-
-    def define(fv: flags.FlagValues) -> None:
-        flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, pictures).",
-                            flag_values=fv)  # fmt: skip
-
     try:
-        fv = config_cli.parse("lcmsm-train", argv, define, required=("workdir",),
-                              description="Train (or resume) a run in --workdir.")  # fmt: skip
-        warnings = config_checks.check_train_config(fv.config)
-        if os.path.exists(fv.workdir) and not os.path.isdir(fv.workdir):
-            raise config_cli.UsageError(f"--workdir {fv.workdir} is a file; pass a folder")
+        fv, warnings = parse_command("lcmsm-train", argv, "Train (or resume) a run in --workdir.")
     except config_cli.UsageError as err:
         return config_cli.report_usage("lcmsm-train", err)
     for warning in warnings:
         print(f"lcmsm-train: warning: {warning}")
-    try:
-        result = train(fv.config, fv.workdir)
-    except NonFiniteLossError as err:
-        print(f"lcmsm-train: {err}")
-        return 1
-    except Preempted:  # checkpointed; train() said where
-        return 0
-    except config_cli.UsageError as err:  # the workdir holds a run of another model
-        return config_cli.report_usage("lcmsm-train", err)
-    if result["eval"] and jax.process_index() == 0:
-        print(f"final mIoU {result['eval']['mIoU']:.2f} at step {result['step']}")
-    if fv.config.train.compare_with and result["step"] == fv.config.train.steps:
-        from lcmsm_jax import ladder
-
-        try:
-            ladder.compare(fv.config, fv.workdir, result["eval"] or None)
-        except NonFiniteLossError as err:
-            print(f"lcmsm-train: comparison run: {err}")
-            return 1
-        except Preempted:  # a comparison run checkpointed; rerunning resumes it
-            return 0
-    return 0
+    return run_command("lcmsm-train", fv.config, fv.workdir)[0]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcmsm_jax import ladder, methods, train
+from lcmsm_jax import demo, ladder, methods
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 sys.path.insert(0, str(CONFIGS))
@@ -109,7 +109,7 @@ DEMO_CI = [
 def test_demo_ci_sized_writes_the_table_json_and_pictures(tmp_path, capsys):
     workdir = tmp_path / "demo"
     argv = ["--config", str(CONFIGS / "demo.py"), "--workdir", str(workdir), *DEMO_CI]
-    assert train.main(argv) == 0
+    assert demo.main(argv) == 0
     out = capsys.readouterr().out
 
     summary = json.loads((workdir / "comparison.json").read_text())
@@ -140,6 +140,6 @@ def test_demo_ci_sized_writes_the_table_json_and_pictures(tmp_path, capsys):
         assert picture.size == (4 * 128, 64 + 14)
 
     # Running the command again trains nothing new and rewrites the same table.
-    assert train.main(argv) == 0
+    assert demo.main(argv) == 0
     assert "finished earlier" in capsys.readouterr().out
     assert json.loads((workdir / "comparison.json").read_text()) == summary
