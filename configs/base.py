@@ -90,7 +90,6 @@ def uda_config() -> ml_collections.ConfigDict:
     uda.pseudo_label_head = "lcmsm"  # lcmsm (LC-MSM) | decode (DACS, DAFormer, MIC)
     uda.ignore_top = 0  # pseudo-label crop rows (15 / 120 for DAFormer and MIC)
     uda.ignore_bottom = 0
-    uda.mix = "classmix"
     uda.color_jitter_probability = 0.2  # jitter applied when u > 0.2, i.e. 80% of the time
     uda.color_jitter_strength = 0.2
     uda.blur = True
