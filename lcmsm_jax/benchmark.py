@@ -236,9 +236,8 @@ def jax_forward_fn(model_config, batch: int, size: tuple[int, int], heads=("deco
     return lambda: forward(state, images, text)
 
 
-def torch_segformer_fn(variant: str, batch: int, size: tuple[int, int], decoder_dim: int):
-    """A zero-argument callable running transformers' SegFormer (eval, no grad)."""
-    import torch
+def _torch_segformer(variant: str, decoder_dim: int):
+    """transformers' SegFormer with our MiT variant's sizes and 19 classes (random init)."""
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     spec = models.MIT_VARIANTS[variant]
@@ -249,7 +248,14 @@ def torch_segformer_fn(variant: str, batch: int, size: tuple[int, int], decoder_
         decoder_hidden_size=decoder_dim,
         num_labels=19,
     )
-    model = SegformerForSemanticSegmentation(config).eval()
+    return SegformerForSemanticSegmentation(config)
+
+
+def torch_segformer_fn(variant: str, batch: int, size: tuple[int, int], decoder_dim: int):
+    """A zero-argument callable running transformers' SegFormer (eval, no grad)."""
+    import torch
+
+    model = _torch_segformer(variant, decoder_dim).eval()
     images = torch.randn(batch, 3, *size)
 
     def run():
@@ -439,18 +445,9 @@ def torch_segformer_train_fn(
     Returns (run, FLOPs of one run from torch's FlopCounterMode or None).
     """
     import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    spec = models.MIT_VARIANTS[variant]
-    config = SegformerConfig(
-        hidden_sizes=list(spec.embed_dims),
-        depths=list(spec.depths),
-        num_attention_heads=list(spec.num_heads),
-        decoder_hidden_size=decoder_dim,
-        num_labels=19,
-    )
     device = _torch_device()
-    model = SegformerForSemanticSegmentation(config).train().to(device)
+    model = _torch_segformer(variant, decoder_dim).train().to(device)
     data = synthetic_batch(batch, size)
     images = torch.from_numpy(data["source_image"]).permute(0, 3, 1, 2).contiguous().to(device)
     labels = torch.from_numpy(data["source_label"]).long().to(device)
