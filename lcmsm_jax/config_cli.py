@@ -59,25 +59,33 @@ def parse(
     required: tuple[str, ...] = (),
     config_help: str = "Experiment config file; override fields with --config.a.b=value.",
     description: str = "",
+    examples: Sequence[str] = (),
+    takes_config: bool = True,
 ) -> flags.FlagValues:
-    """Define `--config`, `--debug` plus the flags `define` adds, then parse `argv` (without
-    program name).
+    """Define `--config` (unless `takes_config` is False), `--debug` plus the flags `define`
+    adds, then parse `argv` (without program name).
 
     Dashes in flag names are accepted (`--torch-checkpoint` == `--torch_checkpoint`).
     Raises UsageError naming the offending flag, config field or config file; prints the
-    usage and raises SystemExit(0) for `--help`, as argparse does.
+    usage, the description and the `examples` and raises SystemExit(0) for `--help`, as
+    argparse does.
     """
     args = [prog] + [_underscore_flag_name(a) for a in (argv or [])]
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, config_help, flag_values=flag_values, sys_argv=args
-    )
+    if takes_config:
+        config_flags.DEFINE_config_file(
+            "config", None, config_help, flag_values=flag_values, sys_argv=args
+        )
     flags.DEFINE_bool("debug", False, f"Show the traceback of an error (also: {DEBUG_ENV}=1).",
                       flag_values=flag_values)  # fmt: skip
     define(flag_values)
     if any(arg in HELP_FLAGS for arg in args[1:]):
-        print(help_text(prog, flag_values, required, description))
+        print(help_text(prog, flag_values, required, description, examples, takes_config))
         raise SystemExit(0)
+    if not takes_config:
+        _parse_args(prog, flag_values, args, None)
+        _check_required(prog, flag_values, required)
+        return flag_values
     config_file = _config_file(args)
     # ml_collections executes every config file into the same module, sys.modules
     # "config_config"; without this, a file read earlier in this process leaks its names
@@ -89,19 +97,23 @@ def parse(
             "configs/demo.py"
         )
     _parse_args(prog, flag_values, args, config_file)
-    if flag_values.debug:  # main() called directly with --debug, not through run_main
-        _debug.set(True)
-    for name in ("config",) + required:
-        if flag_values[name].value is None:
-            raise UsageError(
-                f"{prog}: --{name.replace('_', '-')} is required ({prog} --help lists the flags)"
-            )
+    _check_required(prog, flag_values, ("config",) + tuple(required))
     if not isinstance(flag_values.config, config_dict.ConfigDict):
         raise UsageError(
             f"{prog}: --config {config_file}: get_config() returned "
             f"{type(flag_values.config).__name__}, expected an ml_collections.ConfigDict"
         )
     return flag_values
+
+
+def _check_required(prog: str, flag_values: flags.FlagValues, required: Sequence[str]) -> None:
+    if flag_values.debug:  # main() called directly with --debug, not through run_main
+        _debug.set(True)
+    for name in required:
+        if flag_values[name].value is None:
+            raise UsageError(
+                f"{prog}: --{name.replace('_', '-')} is required ({prog} --help lists the flags)"
+            )
 
 
 def _parse_args(prog: str, flag_values: flags.FlagValues, args: list[str], config_file) -> None:
@@ -164,13 +176,23 @@ def _underscore_flag_name(arg: str) -> str:
 
 
 def help_text(
-    prog: str, flag_values: flags.FlagValues, required: Sequence[str], description: str
+    prog: str,
+    flag_values: flags.FlagValues,
+    required: Sequence[str],
+    description: str,
+    examples: Sequence[str] = (),
+    takes_config: bool = True,
 ) -> str:
-    """Usage line, description and one entry per flag (in definition order)."""
+    """Usage line, description, examples and one entry per flag (in definition order)."""
     needed = "".join(f" --{name.replace('_', '-')} ..." for name in required)
-    lines = [f"usage: {prog} --config FILE{needed} [--config.KEY=VALUE ...] [flags]"]
+    config = " --config FILE" if takes_config else ""
+    overrides = " [--config.KEY=VALUE ...]" if takes_config else ""
+    lines = [f"usage: {prog}{config}{needed}{overrides} [flags]"]
     if description:
         lines += ["", description.strip()]
+    if examples:
+        lines += ["", "example:" if len(examples) == 1 else "examples:"]
+        lines += [f"  {example}" for example in examples]
     lines += ["", "flags:"]
     for name in flag_values:
         flag = flag_values[name]

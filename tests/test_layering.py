@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).parents[1] / "lcmsm_jax"
 LAYERS = {
     **dict.fromkeys(
         (
+            "atomic",
             "config_cli",
             "checkpoint",
             "compile_cache",
@@ -23,6 +24,7 @@ LAYERS = {
             "metrics_log",
             "methods",
             "optim",
+            "progress",
             "text",
         ),
         0,
