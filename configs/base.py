@@ -90,7 +90,7 @@ def uda_config() -> ml_collections.ConfigDict:
     uda.pseudo_label_head = "lcmsm"  # lcmsm (LC-MSM) | decode (DACS, DAFormer, MIC)
     uda.ignore_top = 0  # pseudo-label crop rows (15 / 120 for DAFormer and MIC)
     uda.ignore_bottom = 0
-    uda.color_jitter_probability = 0.2  # jitter applied when u > 0.2, i.e. 80% of the time
+    uda.color_jitter_apply_probability = 0.8  # on when u > 1 - 0.8, the reference's u > 0.2
     uda.color_jitter_strength = 0.2
     uda.blur = True
     uda.feature_distance_weight = 0.005  # 0 disables the ImageNet feature distance

@@ -206,14 +206,20 @@ def test_every_loss_term_equals_a_numpy_composition(model_state, method, uda):
     mixed_label = np.where(paste, label, pseudo)
     mixed_weight = np.where(paste, 1.0, pseudo_weight)
     mixed_clean = np.where(paste[..., None], source, target)
-    mixed_image = np.asarray(augment.strong_transform(jnp.asarray(mixed_clean), draws["mix_aug"]))
+    mixed_image = np.asarray(
+        augment.strong_transform(
+            jnp.asarray(mixed_clean), draws["mix_aug"], *uda_step.NORMALIZATION
+        )
+    )
     np.testing.assert_array_equal(np.asarray(aux["mixed_label"]), mixed_label)
     np.testing.assert_allclose(np.asarray(aux["mixed_weight"]), mixed_weight, atol=1e-6)
     logits, _ = forward(graphdef, params, batch_stats, mixed_image, "decode")
     expected["mix"] = np_cross_entropy(logits, mixed_label, mixed_weight)
 
     def masked(images, name):
-        strong = augment.strong_transform(jnp.asarray(images), draws[f"{name}_aug"])
+        strong = augment.strong_transform(
+            jnp.asarray(images), draws[f"{name}_aug"], *uda_step.NORMALIZATION
+        )
         return np.asarray(strong) * np.asarray(draws[f"{name}_mask"])[..., None]
 
     if config.uda.masked_source:
@@ -258,7 +264,7 @@ def test_masked_inputs_are_block_masked_strong_augmentations(model_state):
     assert np.all(cells.min(axis=(2, 4)) == cells.max(axis=(2, 4)))  # constant per block
     assert 0 < mask.mean() < 1
     strong = augment.strong_transform(
-        jnp.asarray(batch["source_image"]), draws["masked_source_aug"]
+        jnp.asarray(batch["source_image"]), draws["masked_source_aug"], *uda_step.NORMALIZATION
     )
     np.testing.assert_array_equal(
         np.asarray(aux["masked_source_image"]),

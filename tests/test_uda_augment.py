@@ -17,7 +17,9 @@ from lcmsm_jax.uda import augment as A
 # Jitted once per shape: eager dispatch of the many small ops would dominate the test time.
 color_jitter = jax.jit(A.color_jitter)
 gaussian_blur = jax.jit(A.gaussian_blur)
-strong_transform = jax.jit(A.strong_transform)
+strong_transform = jax.jit(
+    lambda images, draws: A.strong_transform(images, draws, MEAN_RGB, STD_RGB)
+)
 rgb_to_hsv = jax.jit(A.rgb_to_hsv)
 hsv_to_rgb = jax.jit(A.hsv_to_rgb)
 
@@ -176,15 +178,28 @@ def test_draw_frequencies():
     assert hue.min() < -0.19 and hue.max() > 0.19
 
 
-def test_probabilities_are_thresholds():
-    # The op is on when u > value, so 1.0 switches both off (step configs rely on this).
-    sample = jax.vmap(
-        lambda k: A.sample_strong_draws(
-            k, 1, share_order_and_sigma=True, color_jitter_probability=1.0, blur_probability=1.0
-        )
-    )
-    draws = sample(jax.random.split(jax.random.key(3), 200))
-    assert not draws["jitter_on"].any() and not draws["blur_on"].any()
+def test_apply_probabilities_reproduce_the_reference_thresholds():
+    # The reference switches jitter on when u > 0.2 and blur when u > 0.5, with u the first
+    # and second uniform of the call; apply probabilities 0.8 / 0.5 give the same decisions
+    # for the same key, 0 switches an op off and 1 on.
+    keys = jax.random.split(jax.random.key(3), 400)
+
+    def draw(jitter: float, blur: float):
+        return jax.vmap(
+            lambda k: A.sample_strong_draws(
+                k, 1, share_order_and_sigma=True,
+                color_jitter_apply_probability=jitter, blur_apply_probability=blur,
+            )
+        )(keys)  # fmt: skip
+
+    uniforms = jax.vmap(lambda k: jax.vmap(jax.random.uniform)(jax.random.split(k, 8)[:2]))(keys)
+    default = draw(0.8, 0.5)
+    np.testing.assert_array_equal(default["jitter_on"], uniforms[:, 0] > 0.2)
+    np.testing.assert_array_equal(default["blur_on"], uniforms[:, 1] > 0.5)
+    assert 0.7 < float(default["jitter_on"].mean()) < 0.9
+    off, on = draw(0.0, 0.0), draw(1.0, 1.0)
+    assert not off["jitter_on"].any() and not off["blur_on"].any()
+    assert on["jitter_on"].all() and on["blur_on"].all()
 
 
 # ----------------------------------------------------------------------------- colour space
@@ -375,7 +390,7 @@ def test_strong_transform_jit_sharded_matches_reference():
     draws = A.sample_strong_draws(jax.random.key(11), n, share_order_and_sigma=False)
     draws = dict(draws, jitter_on=jnp.asarray(True), blur_on=jnp.asarray(True))
     sharded = jax.device_put(jnp.asarray(images), sharding)
-    out = jax.jit(A.strong_transform)(sharded, draws)
+    out = strong_transform(sharded, draws)
     assert out.sharding.is_equivalent_to(sharding, 4)
     expected = np_blur(renorm(np_jitter(denorm(images), draws)), np.asarray(draws["sigma"]))
     np.testing.assert_allclose(out, expected, atol=1e-4)

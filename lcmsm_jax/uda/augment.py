@@ -9,15 +9,15 @@ The maths follows the DACS transforms on kornia 0.5.8, which the reference train
 Everything is NHWC, pure and shape-static: the random draws live in a dict produced by
 `sample_strong_draws` and `strong_transform` is the same compiled program whichever flags and
 op orders were drawn. All work is per image, so a batch sharded over devices stays sharded.
+The normalisation (mean/std of 0..255 RGB) is an argument: it belongs to the input pipeline.
 """
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from lcmsm_jax.data.transforms import MEAN_RGB, STD_RGB
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 NUM_OPS = 4
@@ -37,16 +37,16 @@ def sample_strong_draws(
     batch_size: int,
     *,
     share_order_and_sigma: bool,
-    color_jitter_probability: float = 0.2,
-    blur_probability: float = 0.5,
+    color_jitter_apply_probability: float = 0.8,
+    blur_apply_probability: float = 0.5,
     strength: float = 0.2,
     sigma_range: tuple[float, float] = (0.15, 1.15),
 ) -> Draws:
     """All random numbers of one strong-augmentation call.
 
-    `color_jitter_probability` and `blur_probability` keep the reference's meaning: they are
-    *thresholds*, an op is on when its uniform u exceeds the value (jitter: u > 0.2, i.e. 80% of
-    the time; blur: u > 0.5). A value of 1.0 therefore switches the op off.
+    Each op is on with its apply probability (0 switches it off, 1 always on). The draw is
+    the reference's: one uniform u per call, on when u > 1 - probability (jitter: u > 0.2;
+    blur: u > 0.5), so the same key switches the same ops on (docs/method.md §3.13).
 
     With `share_order_and_sigma` the op order and blur sigma are drawn once and broadcast over
     the batch (the reference's masking module makes one kornia call for the whole batch);
@@ -73,8 +73,8 @@ def sample_strong_draws(
         order = jnp.argsort(jax.random.uniform(keys[6], (b, NUM_OPS)), axis=1)
         sigma = factor(keys[7], *sigma_range)
     return {
-        "jitter_on": jax.random.uniform(keys[0]) > color_jitter_probability,
-        "blur_on": jax.random.uniform(keys[1]) > blur_probability,
+        "jitter_on": jax.random.uniform(keys[0]) > 1.0 - color_jitter_apply_probability,
+        "blur_on": jax.random.uniform(keys[1]) > 1.0 - blur_apply_probability,
         "brightness": factor(keys[2], 1.0 - strength, 1.0 + strength),
         "contrast": factor(keys[3], 1.0 - strength, 1.0 + strength),
         "saturation": factor(keys[4], 1.0 - strength, 1.0 + strength),
@@ -215,16 +215,19 @@ def gaussian_blur(images: jax.Array, sigma: jax.Array) -> jax.Array:
     return _blur_axis(out, gaussian_taps(sigma, blur_kernel_size(width)), axis=2)
 
 
-def strong_transform(images: jax.Array, draws: Draws) -> jax.Array:
+def strong_transform(
+    images: jax.Array, draws: Draws, mean_rgb: Sequence[float], std_rgb: Sequence[float]
+) -> jax.Array:
     """Colour jitter (if draws["jitter_on"]) then Gaussian blur (if draws["blur_on"]).
 
-    images: `[B, H, W, 3]` normalised with the ImageNet mean/std of 0..255 RGB. Returns the same
-    shape and dtype. The flags are scalars, so `lax.cond` skips the work when they are off.
+    images: `[B, H, W, 3]` normalised as (x - mean_rgb) / std_rgb with x the 0..255 RGB
+    image (`mean_rgb`, `std_rgb`: 3 values each; the jitter works on x / 255). Returns the
+    same shape and dtype. The flags are scalars, so `lax.cond` skips the work when off.
     """
     dtype = images.dtype
     x = images.astype(jnp.promote_types(images.dtype, jnp.float32))
-    mean = jnp.asarray(MEAN_RGB, jnp.float32)
-    std = jnp.asarray(STD_RGB, jnp.float32)
+    mean = jnp.asarray(mean_rgb, jnp.float32)
+    std = jnp.asarray(std_rgb, jnp.float32)
 
     def jitter(y: jax.Array) -> jax.Array:
         y01 = (y * std + mean) / 255.0

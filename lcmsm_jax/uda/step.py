@@ -30,7 +30,11 @@ import ml_collections
 import optax
 from flax import nnx
 
+from lcmsm_jax.data.transforms import MEAN_RGB, STD_RGB
 from lcmsm_jax.uda import augment, classmix, ema, losses, masking
+
+# The input pipeline's normalisation; the strong transform jitters the de-normalised image.
+NORMALIZATION = (tuple(MEAN_RGB.tolist()), tuple(STD_RGB.tolist()))
 
 # Intermediates worth looking at (aux keys), returned by the step when asked for.
 IMAGE_KEYS = (
@@ -86,8 +90,8 @@ def sample_draws(
     batch, height, width = source_label.shape
     keys = jax.random.split(key, 8)
     strong = dict(
-        color_jitter_probability=config.color_jitter_probability,
-        blur_probability=0.5 if config.blur else 1.0,
+        color_jitter_apply_probability=config.color_jitter_apply_probability,
+        blur_apply_probability=0.5 if config.blur else 0.0,
         strength=config.color_jitter_strength,
     )
     block = dict(block_size=config.mask_block_size, mask_ratio=config.mask_ratio)
@@ -115,7 +119,8 @@ def sample_draws(
 
 def _masked(images: jax.Array, aug_draws: dict, mask: jax.Array) -> jax.Array:
     """BlockMask(StrongAug(images)): [B, H, W, 3] -> [B, H, W, 3]."""
-    return masking.apply_block_mask(augment.strong_transform(images, aug_draws), mask)
+    strong = augment.strong_transform(images, aug_draws, *NORMALIZATION)
+    return masking.apply_block_mask(strong, mask)
 
 
 def make_loss_fn(
@@ -231,7 +236,8 @@ def _adaptation_terms(uda, student, graphdef, rest, batch, draws, text, key, ter
 
     # Step 7: ClassMix with the source's batch-level classes, then the strong transform.
     mix_mask = classmix.classmix_mask(label, draws["classmix_choice"], k)
-    mixed_image = augment.strong_transform(classmix.mix(mix_mask, source, target), draws["mix_aug"])
+    mixed = classmix.mix(mix_mask, source, target)
+    mixed_image = augment.strong_transform(mixed, draws["mix_aug"], *NORMALIZATION)
     mixed_label = classmix.mix(mix_mask, label, pseudo)
     mixed_weight = classmix.mix(mix_mask, jnp.ones_like(pseudo_weight), pseudo_weight)
     aux.update(
