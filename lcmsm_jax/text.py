@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from lcmsm_jax import atomic
 
 FORMAT_VERSION = 1
 RANDOM_PREFIX = "random:"
@@ -147,33 +147,9 @@ def save(
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         "sha256": np.asarray(sha256),
     }
-    _write_atomically(Path(path), arrays)
+    with atomic.replace_file(path, "wb") as f:
+        np.savez(f, **arrays)
     return sha256
-
-
-def _write_atomically(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """np.savez into a sibling temp file, fsync, then rename onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file private (0600); give it the permissions of a normal file.
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # BaseException: also clean up after Ctrl-C in the middle of the write.
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    """The process umask (reading it requires setting it; restore immediately)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
 
 
 def read(path: str | os.PathLike[str]) -> TextEmbeddings:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lcmsm_jax import atomic
 from lcmsm_jax.data import labels
 from lcmsm_jax.data.transforms import MEAN_RGB, STD_RGB
 
@@ -72,8 +72,5 @@ def tile_grid(rows: list[list[tuple[str, np.ndarray]]], caption_height: int = 14
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write uint8 RGB [H, W, 3] (or gray [H, W]) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic.replace_file(path, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG")
