@@ -2,7 +2,7 @@
 
 Source: synthetic "GTA-like" scenes (labelled); target: synthetic "Cityscapes-like" scenes
 (unlabelled during training, labelled for evaluation): the same scene grammar with a
-different appearance (palette, lighting, texture, noise, blur; `lcmsm_jax/data/synthetic.py`).
+different appearance (palette, lighting, texture, noise, blur; `lcmsm_jax/data/synthetic/look.py`).
 A MiT-B0 model with 64-wide heads is trained from scratch with the full LC-MSM step, then
 the same model is trained source-only with the same seed and steps
 (`config.train.compare_with`, read by `lcmsm-demo`); it prints both target mIoUs and

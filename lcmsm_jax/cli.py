@@ -17,6 +17,7 @@ COMMANDS = {
     "lcmsm-embed-text": "lcmsm_jax.clip_text",
     "lcmsm-benchmark": "lcmsm_jax.benchmark",
     "lcmsm-prepare": "lcmsm_jax.data.prepare",
+    "lcmsm-synthetic": "lcmsm_jax.data.synthetic.cli",
 }
 
 
@@ -52,6 +53,11 @@ def benchmark() -> None:
 def prepare() -> None:
     """`lcmsm-prepare`: validate a dataset layout and write rare-class statistics."""
     sys.exit(run("lcmsm-prepare", sys.argv[1:]))
+
+
+def synthetic() -> None:
+    """`lcmsm-synthetic`: the synthetic scenes as a GTA5 or Cityscapes dataset, or a preview."""
+    sys.exit(run("lcmsm-synthetic", sys.argv[1:]))
 
 
 def train() -> None:

@@ -1,18 +1,20 @@
-"""Writers for tiny datasets in each dataset's true on-disk format, and checks of the writers.
+"""Tiny datasets in each dataset's true on-disk format, and checks of the writers.
 
-Other data tests import these helpers. Label maps are random rectangles of ids, returned so
-tests can compute the expected trainIds and pixel counts independently.
+Other data tests import these helpers. GTA5, SYNTHIA and Cityscapes pairs are written by
+`lcmsm_jax/data/layout_writer.py` (the package's one statement of those formats, independent
+of the readers' layout tables); ACDC and Dark Zurich, which only the tests write, here. Label
+maps are random rectangles of ids, returned so tests can compute the expected trainIds and
+pixel counts independently.
 """
 
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lcmsm_jax.data import labels, pngio
+from lcmsm_jax.data import labels, layout_writer, pngio
+from lcmsm_jax.data.layout_writer import encode_png
 
 CS_IDS = np.arange(34)
 SYNTHIA_IDS = np.arange(23)
@@ -33,77 +35,18 @@ def random_rgb(rng: np.random.Generator, size) -> np.ndarray:
     return rng.integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def _paeth(a, b, c):
-    p = a + b - c
-    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-
-
-def encode_png(arr: np.ndarray, bit_depth: int = 16) -> bytes:
-    """PNG bytes of `[H, W]` or `[H, W, C]` (C = 1..4) samples, cycling row filters 0..4.
-
-    Pillow cannot write 16-bit colour PNGs, so this writes them by hand; cycling all five
-    filter types makes readers undo Sub/Average/Paeth with the 16-bit bytes-per-pixel.
-    """
-    arr = arr if arr.ndim == 3 else arr[..., None]
-    h, w, c = arr.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    dtype = ">u2" if bit_depth == 16 else "u1"
-    rows = arr.astype(dtype).reshape(h, -1).view(np.uint8).astype(np.int64)
-    bpp = c * bit_depth // 8
-    out = bytearray()
-    for y in range(h):
-        x = rows[y]
-        a = np.concatenate([np.zeros(bpp, np.int64), x[:-bpp]])
-        b = rows[y - 1] if y > 0 else np.zeros_like(x)
-        cc = np.concatenate([np.zeros(bpp, np.int64), b[:-bpp]])
-        kind = y % 5
-        pred = [0, a, b, (a + b) // 2, _paeth(a, b, cc)][kind]
-        out += bytes([kind]) + ((x - pred) % 256).astype(np.uint8).tobytes()
-    header = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(bytes(out)))
-        + _chunk(b"IEND", b"")
-    )
-
-
-def _save_rgb(path: str, rgb: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(rgb, "RGB").save(path)
-
-
-def _save_gray(path: str, ids: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(ids.astype(np.uint8), "L").save(path)
-
-
-def save_palette(path: str, ids: np.ndarray) -> None:
-    # A full 256-entry palette: with a short one Pillow writes fewer bits per pixel and
-    # silently changes large indices.
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    im = Image.fromarray(ids.astype(np.uint8), "P")
-    palette = np.zeros((256, 3), np.uint8)
-    palette[7 : 7 + 19] = labels.CITYSCAPES_PALETTE  # any colours: readers use the index
-    im.putpalette(palette.ravel().tolist())
-    im.save(path)
+# Rewrites one GTA5 label (tests that break a dataset after writing it).
+save_palette = layout_writer.save_gta5_label
 
 
 def write_gta5(root, n=4, size=(24, 40), seed=0, ids=CS_IDS) -> dict[str, np.ndarray]:
     """GTA5: images/00001.png (RGB) + labels/00001.png (palette, index = id)."""
     rng = np.random.default_rng(seed)
     written = {}
-    for i in range(1, n + 1):
+    for i in range(n):
         lab = random_ids(rng, size, ids)
-        _save_rgb(os.path.join(root, "images", f"{i:05d}.png"), random_rgb(rng, size))
-        save_palette(os.path.join(root, "labels", f"{i:05d}.png"), lab)
-        written[f"labels/{i:05d}.png"] = lab
+        paths = layout_writer.write_gta5(root, i, random_rgb(rng, size), lab)
+        written[paths["ids"]] = lab
     return written
 
 
@@ -111,7 +54,6 @@ def write_synthia(root, n=4, size=(24, 40), seed=0, channels=3) -> dict[str, np.
     """SYNTHIA: RGB/0000000.png + GT/LABELS/0000000.png, 16-bit, id in channel 0."""
     rng = np.random.default_rng(seed)
     written = {}
-    os.makedirs(os.path.join(root, "GT", "LABELS"), exist_ok=True)
     for i in range(n):
         lab = random_ids(rng, size, SYNTHIA_IDS)
         gt = np.zeros((*size, channels), np.uint16)
@@ -119,10 +61,8 @@ def write_synthia(root, n=4, size=(24, 40), seed=0, channels=3) -> dict[str, np.
         gt[..., 1] = rng.integers(0, 5000, size)  # instance ids, may exceed 255
         if channels == 4:
             gt[..., 3] = 65535
-        _save_rgb(os.path.join(root, "RGB", f"{i:07d}.png"), random_rgb(rng, size))
-        with open(os.path.join(root, "GT", "LABELS", f"{i:07d}.png"), "wb") as f:
-            f.write(encode_png(gt))
-        written[f"GT/LABELS/{i:07d}.png"] = lab
+        paths = layout_writer.write_synthia(root, i, random_rgb(rng, size), gt)
+        written[paths["ids"]] = lab
     return written
 
 
@@ -131,23 +71,17 @@ def write_cityscapes(
 ) -> dict[str, np.ndarray]:
     """Cityscapes: leftImg8bit/{split}/{city}/X_leftImg8bit.png + gtFine/.../X_gtFine_*.png."""
     rng = np.random.default_rng(seed)
+    to_train = labels.lookup_table(labels.CITYSCAPES_ID_TO_TRAIN_ID)
     written = {}
     for city in cities:
         for j in range(per_city):
-            stem = f"{city}_{j:06d}_000019"
             lab = random_ids(rng, size, CS_IDS)
-            _save_rgb(
-                os.path.join(root, "leftImg8bit", split, city, f"{stem}_leftImg8bit.png"),
-                random_rgb(rng, size),
+            image = random_rgb(rng, size)
+            color = random_rgb(rng, size)  # the dataset's colour file: must be ignored
+            paths = layout_writer.write_cityscapes(
+                root, split, city, j, image, lab, train_ids=to_train[lab], color=color
             )
-            gt = os.path.join(root, "gtFine", split, city, stem)
-            _save_gray(gt + "_gtFine_labelIds.png", lab)
-            _save_gray(
-                gt + "_gtFine_labelTrainIds.png",
-                labels.lookup_table(labels.CITYSCAPES_ID_TO_TRAIN_ID)[lab],
-            )
-            _save_rgb(gt + "_gtFine_color.png", random_rgb(rng, size))  # must be ignored
-            written[f"gtFine/{split}/{city}/{stem}_gtFine_labelIds.png"] = lab
+            written[paths["ids"]] = lab
     return written
 
 
@@ -162,18 +96,20 @@ def write_acdc(
         for j in range(per_seq):
             stem = f"{seq}_frame_{j:06d}"
             lab = random_ids(rng, size, CS_IDS)
-            _save_rgb(
+            layout_writer.save_rgb(
                 os.path.join(root, "rgb_anon", cond, split, seq, f"{stem}_rgb_anon.png"),
                 random_rgb(rng, size),
             )
             # Reference images of the same place must not be picked up as the split.
-            _save_rgb(
+            layout_writer.save_rgb(
                 os.path.join(
                     root, "rgb_anon", cond, f"{split}_ref", seq, f"{stem}_rgb_ref_anon.png"
                 ),
                 random_rgb(rng, size),
             )
-            _save_gray(os.path.join(root, "gt", cond, split, seq, f"{stem}_gt_labelIds.png"), lab)
+            layout_writer.save_gray(
+                os.path.join(root, "gt", cond, split, seq, f"{stem}_gt_labelIds.png"), lab
+            )
             written[f"gt/{cond}/{split}/{seq}/{stem}_gt_labelIds.png"] = lab
     return written
 
@@ -185,16 +121,16 @@ def write_darkzurich(root, per_seq=2, size=(16, 32), seed=0) -> dict[str, np.nda
     for j in range(per_seq):
         stem = f"GOPR0356_frame_{j:06d}"
         lab = random_ids(rng, size, CS_IDS)
-        _save_rgb(
+        layout_writer.save_rgb(
             os.path.join(root, "rgb_anon", "val", "night", "GOPR0356", f"{stem}_rgb_anon.png"),
             random_rgb(rng, size),
         )
-        _save_gray(
+        layout_writer.save_gray(
             os.path.join(root, "gt", "val", "night", "GOPR0356", f"{stem}_gt_labelIds.png"), lab
         )
         written[f"gt/val/night/GOPR0356/{stem}_gt_labelIds.png"] = lab
         for cond in ("night", "day"):
-            _save_rgb(
+            layout_writer.save_rgb(
                 os.path.join(
                     root,
                     "rgb_anon",

@@ -2,15 +2,19 @@
 
 import os
 import pickle
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from lcmsm_jax import cli
 from lcmsm_jax.data import labels as L
 from lcmsm_jax.data import pipeline, prepare, rcs, sources
 from lcmsm_jax.data import synthetic as S
+from lcmsm_jax.data.synthetic import exporter
 
 SMALL = (64, 128)
 
@@ -171,7 +175,7 @@ def test_export_refuses_to_clobber_and_leaves_nothing_when_interrupted(tmp_path,
     def broken(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(S, "_write_example", broken)
+    monkeypatch.setattr(exporter, "_write_example", broken)
     with pytest.raises(OSError):
         S.export("source", str(tmp_path / "gta"), 2, size=SMALL)
     with pytest.raises(OSError):
@@ -185,15 +189,43 @@ def test_command_line_export_and_preview(tmp_path, capsys):
     out = str(tmp_path / "gta")
     size = ["--num-images", "2", "--height", "32", "--width", "64"]
     argv = ["--export", "--domain", "target", "--layout", "gta5", "--out", out, *size]
-    assert S.main(argv) == 0
-    assert "2/2" in capsys.readouterr().err
+    assert cli.run("lcmsm-synthetic", argv) == 0
+    assert "2/2" in capsys.readouterr().out
     assert len(sources.open_source("gta5", out)) == 2
-    assert S.main(argv) == 1  # exists
-    assert "overwrite" in capsys.readouterr().err
+    assert cli.run("lcmsm-synthetic", argv) == 1  # exists
+    assert "overwrite" in capsys.readouterr().out
     picture = str(tmp_path / "preview.png")
-    assert S.main(["--preview", picture, *size]) == 0
+    assert cli.run("lcmsm-synthetic", ["--preview", picture, *size]) == 0
     with Image.open(picture) as im:
         assert im.size == (4 * 64, 2 * 32)
+    assert sorted(os.listdir(tmp_path)) == ["gta", "preview.png"]  # no temporary files
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--export"], "--export needs --out DIR"),
+        (["--export", "--preview", "x.png"], "one of --export or --preview"),
+        ([], "one of --export or --preview"),
+        (["--preview", "x.png", "--height", "8"], "height"),
+        (["--export", "--out", "x", "--layout", "synthia"], "layout"),
+    ],
+)
+def test_command_line_usage_errors(argv, message, capsys):
+    assert cli.run("lcmsm-synthetic", argv) == 2
+    assert message in capsys.readouterr().out
+
+
+def test_command_line_help_and_module_entry(tmp_path, capsys):
+    assert cli.run("lcmsm-synthetic", ["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "lcmsm-synthetic --preview previews.png" in text
+    picture = tmp_path / "p.png"
+    args = ["--preview", str(picture), "--num-images", "1", "--height", "16", "--width", "32"]
+    done = subprocess.run([sys.executable, "-m", "lcmsm_jax.data.synthetic", *args],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and f"wrote {picture}" in done.stdout, done
+    assert picture.is_file()
 
 
 def test_synthetic_sources_feed_the_training_and_eval_pipelines():

@@ -17,9 +17,8 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
-from lcmsm_jax.data import pipeline, rcs, sources
+from lcmsm_jax.data import layout_writer, pipeline, rcs, sources
 
 GTA5_SIZE = (1052, 1914)
 CITYSCAPES_SIZE = (1024, 2048)
@@ -45,27 +44,15 @@ def street_scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nd
 
 
 def write_synthetic(root: str, dataset: str, num_images: int, seed: int = 0) -> None:
-    """`num_images` GTA5-layout (palette labels) or Cityscapes-layout pairs under `root`."""
+    """`num_images` GTA5-layout (palette labels) or Cityscapes-layout (train split, city
+    "bench") pairs under `root`, in the true formats (`layout_writer`)."""
     rng = np.random.default_rng(seed)
     for i in range(num_images):
         if dataset == "gta5":
-            image, ids = street_scene(rng, GTA5_SIZE)
-            img_path = os.path.join(root, "images", f"{i + 1:05d}.png")
-            lbl_path = os.path.join(root, "labels", f"{i + 1:05d}.png")
+            layout_writer.write_gta5(root, i, *street_scene(rng, GTA5_SIZE))
         else:
-            image, ids = street_scene(rng, CITYSCAPES_SIZE)
-            stem = f"bench_{i:06d}_000019"
-            img_path = os.path.join(
-                root, "leftImg8bit", "train", "bench", f"{stem}_leftImg8bit.png"
-            )
-            lbl_path = os.path.join(root, "gtFine", "train", "bench", f"{stem}_gtFine_labelIds.png")
-        os.makedirs(os.path.dirname(img_path), exist_ok=True)
-        os.makedirs(os.path.dirname(lbl_path), exist_ok=True)
-        Image.fromarray(image).save(img_path)
-        label = Image.fromarray(ids, "P" if dataset == "gta5" else "L")
-        if dataset == "gta5":
-            label.putpalette(list(range(256)) * 3)  # a full palette keeps 8-bit indices
-        label.save(lbl_path)
+            scene = street_scene(rng, CITYSCAPES_SIZE)
+            layout_writer.write_cityscapes(root, "train", "bench", i, *scene)
 
 
 def time_examples(example_fn, num_samples: int, warmup: int = 2) -> float:
