@@ -53,6 +53,10 @@ def data_config() -> ml_collections.ConfigDict:
     data.source.dataset = "gta5"  # gta5 | synthia | synthetic
     data.source.root = ""
     data.source.split = "all"
+    # files: the unpacked dataset under root | tfds: its ArrayRecord build (tools/prepare_tfds.py)
+    data.source.format = "files"
+    data.source.tfds_name = ""  # "" = the dataset's build (lcmsm_gta5, lcmsm_synthia, ...)
+    data.source.tfds_data_dir = ""  # "" = TFDS' default ($TFDS_DATA_DIR, ~/tensorflow_datasets)
     data.source.scale = (1280, 720)  # keep-ratio fit: GTA5 1914x1052 -> 1280x704
     data.source.cat_max_ratio = 0.75
     data.source.rcs = True
@@ -64,6 +68,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.target.dataset = "cityscapes"  # cityscapes | acdc | darkzurich | synthetic
     data.target.root = ""
     data.target.split = "train"
+    data.target.format = "files"  # files | tfds (cityscapes/semantic_segmentation)
+    data.target.tfds_name = ""
+    data.target.tfds_data_dir = ""
     data.target.scale = (1024, 512)
     data.target.sampling = "uniform"  # the reference draws target images with replacement
 

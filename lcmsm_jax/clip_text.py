@@ -20,7 +20,6 @@ the package needs them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,9 +27,14 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from absl import flags
 
-from lcmsm_jax import text
+from lcmsm_jax import config_cli, text
+from lcmsm_jax.config_cli import UsageError
 from lcmsm_jax.data import labels
+from lcmsm_jax.progress import say
+
+PROG = "lcmsm-embed-text"
 
 PAPER_PROMPT = "a photo of a {}."
 PAPER_RENAMES: dict[str, str] = {
@@ -47,11 +51,7 @@ INSTALL_HINT = 'pip install -e ".[clip]"'
 _SCHEMAS = ("hf-hub:", "local-dir:")
 
 
-class UsageError(Exception):
-    """A problem with the command line or an input file; reported without a traceback."""
-
-
-class ModelError(Exception):
+class ModelError(ValueError):
     """OpenCLIP could not build the model (failed download, checkpoint mismatch, ...)."""
 
 
@@ -189,7 +189,7 @@ def recorded_pretrained(model_name: str, pretrained: str) -> str:
 
 
 def build_model(
-    open_clip: ModuleType, torch: ModuleType, args: argparse.Namespace
+    open_clip: ModuleType, torch: ModuleType, args: flags.FlagValues
 ) -> tuple[Any, Callable[[list[str]], Any]]:
     """The OpenCLIP model in eval mode (float32, on args.device) and its tokenizer."""
     if not args.model.startswith(_SCHEMAS) and args.model not in open_clip.list_models():
@@ -200,7 +200,7 @@ def build_model(
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available here")
     pretrained = resolve_pretrained(open_clip, args.model, args.pretrained)
-    _log(f"building OpenCLIP {args.model} (pretrained={args.pretrained}) on {args.device}")
+    say(f"building OpenCLIP {args.model} (pretrained={args.pretrained}) on {args.device}")
     # The seed fixes random init (--pretrained none); loaded weights overwrite it anyway.
     torch.manual_seed(args.seed)
     try:
@@ -227,7 +227,7 @@ def encode(
     batch_size: int,
     device: str,
 ) -> np.ndarray:
-    """Raw `encode_text` vectors of `prompts`, in batches, reporting progress on stderr.
+    """Raw `encode_text` vectors of `prompts`, in batches, reporting each batch.
 
     Returns:
       [N, D] float32 for N = len(prompts).
@@ -241,74 +241,45 @@ def encode(
             batch = list(prompts[index * batch_size : (index + 1) * batch_size])
             tokens = tokenizer(batch).to(device)
             outputs.append(model.encode_text(tokens, normalize=False).float().cpu().numpy())
-            _log(f"encoded batch {index + 1}/{num_batches} ({len(batch)} prompts)")
+            say(f"encoded batch {index + 1}/{num_batches} ({len(batch)} prompts)")
     return np.concatenate(outputs, axis=0)
-
-
-def _log(message: str) -> None:
-    print(f"[lcmsm-embed-text] {message}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of `lcmsm-embed-text`."""
-    parser = argparse.ArgumentParser(
-        prog="lcmsm-embed-text",
-        description=(
-            "Compute frozen OpenCLIP text embeddings of class-name prompts and write them "
-            "to a validated .npz that training loads with lcmsm_jax.text.load."
-        ),
-    )
-    parser.add_argument(
-        "--classes",
-        required=True,
-        help="class list: 'cityscapes' (19), 'synthia16' (16), or a file with one class "
-        "name per line, in the dataset's label order",
-    )
-    parser.add_argument("--model", default="ViT-H-14", help="OpenCLIP architecture")
-    parser.add_argument(
-        "--pretrained",
-        default="laion2b_s32b_b79k",
-        help="OpenCLIP pretrained tag (downloads unless cached), a local checkpoint file "
-        "(offline), or 'none' for random init (recorded as such)",
-    )
-    parser.add_argument(
-        "--prompt",
-        action="append",
-        dest="prompts",
-        metavar="TEMPLATE",
-        help=f"prompt template with '{{}}' for the class name (default {PAPER_PROMPT!r}); "
-        "repeat for a prompt ensemble (L2-normalised, averaged, re-normalised)",
-    )
-    parser.add_argument(
-        "--normalize",
-        action="store_true",
-        help="L2-normalise the stored vectors for a single template too (default: store the "
-        "raw encode_text output, as the paper's model expects)",
-    )
-    renames = parser.add_mutually_exclusive_group()
-    renames.add_argument(
-        "--no-renames",
-        action="store_true",
-        help="use the class names as they are (default renames person->pedestrian, "
-        "rider->driver, bicycle->bike, motorcycle->motorbike, as in the paper)",
-    )
-    renames.add_argument(
-        "--renames",
-        metavar="FILE",
-        help="replace the default renames by a file of 'old name -> new name' lines",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed (random init only)")
-    parser.add_argument("--out", required=True, help="output .npz file (written atomically)")
-    return parser
+def _define(fv: flags.FlagValues) -> None:
+    """The flags of `lcmsm-embed-text`."""
+    flags.DEFINE_string("classes", None, "Class list: 'cityscapes' (19), 'synthia16' (16), or a "
+                        "file with one class name per line, in the dataset's label order.",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("model", "ViT-H-14", "OpenCLIP architecture.", flag_values=fv)
+    flags.DEFINE_string("pretrained", "laion2b_s32b_b79k",
+                        "OpenCLIP pretrained tag (downloads unless cached), a local checkpoint "
+                        "file (offline), or 'none' for random init (recorded as such).",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_multi_string("prompt", None,
+                              f"Prompt template with '{{}}' for the class name (default "
+                              f"{PAPER_PROMPT!r}); repeat for a prompt ensemble (L2-normalised, "
+                              "averaged, re-normalised)", flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("normalize", False, "L2-normalise the stored vectors for a single "
+                      "template too (default: store the raw encode_text output, as the paper's "
+                      "model expects).", flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("no_renames", False, "Use the class names as they are (default renames "
+                      "person->pedestrian, rider->driver, bicycle->bike, motorcycle->motorbike, "
+                      "as in the paper).", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("renames", None, "Replace the default renames by a file of "
+                        "'old name -> new name' lines.", flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("batch_size", 64, "Prompts per forward pass.", flag_values=fv)
+    flags.DEFINE_string("device", "cpu", "Torch device: cpu, cuda, cuda:1, ...", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Torch seed (random init only).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output .npz file (written atomically).", flag_values=fv)
 
 
-def _prompt_inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+def _prompt_inputs(args: flags.FlagValues) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
     """(dataset class names, names used in prompts, templates) from the parsed flags."""
+    if args.no_renames and args.renames:
+        raise UsageError("--no-renames and --renames exclude each other; pass one of them")
     classes = read_class_list(args.classes)
     if args.no_renames:
         names = classes
@@ -316,14 +287,14 @@ def _prompt_inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str
         names = apply_renames(classes, read_renames(args.renames), require_all=True)
     else:
         names = apply_renames(classes, PAPER_RENAMES, require_all=False)
-    templates = args.prompts or [PAPER_PROMPT]
+    templates = args.prompt or [PAPER_PROMPT]
     check_templates(templates)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     return classes, names, templates
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: flags.FlagValues) -> str:
     """Computes and writes the embeddings; returns the content hash."""
     classes, names, templates = _prompt_inputs(args)
     open_clip, torch = import_open_clip()
@@ -344,7 +315,7 @@ def run(args: argparse.Namespace) -> str:
         normalized=normalized,
     )
     scaling = "L2-normalised" if normalized else "raw encode_text output"
-    print(
+    say(
         f"wrote {args.out}: {embeddings.shape[0]}x{embeddings.shape[1]} float32, {scaling}, "
         f"sha256 {sha256}"
     )
@@ -352,18 +323,27 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns 0 on success, 2 for bad input, 1 when the model cannot be built."""
-    args = build_parser().parse_args(argv)
+    """Entry point; returns 0 on success and 2 for a bad command line or input file. A model
+    that cannot be built (ModelError) or a missing open_clip (ImportError) is raised;
+    `lcmsm_jax.cli` reports it in one line (exit 1)."""
     try:
+        args = config_cli.parse(
+            PROG, argv, _define, required=("classes", "out"), takes_config=False,
+            description="Compute frozen OpenCLIP text embeddings of class-name prompts and "
+            "write them to a validated .npz that training loads (config.text.embeddings).",
+            examples=[
+                f"{PROG} --classes cityscapes --out text/cityscapes_vith14.npz",
+                f"{PROG} --classes synthia16 --pretrained /models/open_clip_vith14.bin "
+                "--out text/synthia16_vith14.npz",
+                f"{PROG} --classes cityscapes --prompt 'a photo of a {{}}.' "
+                "--prompt 'a street scene with a {}.' --out text/ensemble.npz",
+            ],
+        )  # fmt: skip
         run(args)
-    except UsageError as e:
-        print(f"lcmsm-embed-text: error: {e}", file=sys.stderr)
-        return 2
-    except (ImportError, ModelError) as e:
-        print(f"lcmsm-embed-text: error: {e}", file=sys.stderr)
-        return 1
+    except UsageError as err:
+        return config_cli.report_usage(PROG, err)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(config_cli.run_main(PROG, sys.argv[1:], main))

@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from lcmsm_jax import inference, methods, miou
 from lcmsm_jax.config_cli import UsageError
-from lcmsm_jax.data import sources, transforms
+from lcmsm_jax.data import sources, tfds_source, transforms
 from lcmsm_jax.models import heads, layers, mit, segmentor
 
 
@@ -119,6 +119,8 @@ def _train_choices() -> dict[str, Sequence[str]]:
         "data.source.dataset": (*sources.LAYOUTS, "synthetic"),
         "data.target.dataset": (*sources.LAYOUTS, "synthetic"),
         "data.target.sampling": ("uniform", "epoch"),
+        "data.source.format": tfds_source.FORMATS,
+        "data.target.format": tfds_source.FORMATS,
         "uda.pseudo_label_head": segmentor.HEAD_NAMES,
         "train.compare_with": tuple(methods.METHODS),
     }
@@ -187,6 +189,7 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
         config, ("uda.alpha", "uda.pseudo_threshold", "uda.mask_ratio", "data.source.cat_max_ratio")
     )
     _check_splits(config)
+    _check_tfds(config)
     _check_files(config)
     warnings = _crop_warnings(config)
     warmup, steps = config.optim.warmup_steps, config.train.steps
@@ -221,12 +224,45 @@ def _check_splits(config) -> None:
             raise _bad(f"{key}.split", domain.split, expected, lay.labelled_splits[0])
 
 
+def _check_tfds(config) -> None:
+    """Domains read with format tfds: a dataset and split that have a TFDS build, and a
+    data folder (when given) that holds it."""
+    for key in ("data.source", "data.target"):
+        domain = _lookup(config, key)
+        if domain.get("format", "files") != "tfds":
+            continue
+        entry = tfds_source.TFDS_DATASETS.get(domain.dataset)
+        if entry is None:
+            builds = ", ".join(tfds_source.TFDS_DATASETS)
+            raise _bad(f"{key}.format", "tfds", f"'files' for {domain.dataset} (TFDS builds "
+                       f"exist for {builds})", "files")  # fmt: skip
+        if domain.split not in entry.splits:
+            expected = f"a split of {domain.dataset} with a TFDS build: {', '.join(entry.splits)}"
+            raise _bad(f"{key}.split", domain.split, expected, next(iter(entry.splits)))
+        name, data_dir = domain.tfds_name, domain.tfds_data_dir
+        if not isinstance(name, str):
+            raise _bad(f"{key}.tfds_name", name, f"a TFDS name, or '' for {entry.name}", "''")
+        if not data_dir:
+            continue  # TFDS' default folder; a missing build is named when it is opened
+        if not os.path.isdir(data_dir):
+            raise UsageError(
+                f"config.{key}.tfds_data_dir = {data_dir!r}: no such folder; pass the "
+                "--data-dir that tools/prepare_tfds.py wrote"
+            )
+        name = (name or entry.name).split(":")[0]  # without a ":1.1.0" version
+        if not os.path.isdir(os.path.join(data_dir, name)):
+            raise UsageError(
+                f"config.{key}.tfds_data_dir = {data_dir!r} holds no {name} dataset; build it "
+                f"with `{entry.build}`, or set config.{key}.format=files"
+            )
+
+
 def _check_files(config) -> None:
     """Dataset roots, text embeddings and initial weights exist before anything is built."""
     for key, _ in _domains(config):
         domain = _lookup(config, key)
-        if domain.dataset == "synthetic":
-            continue
+        if domain.dataset == "synthetic" or domain.get("format", "files") == "tfds":
+            continue  # a TFDS build: _check_tfds
         if not domain.root:
             raise UsageError(
                 f"config.{key}.root is empty: {domain.dataset} needs its dataset folder; pass "

@@ -1,8 +1,10 @@
 """`lcmsm-prepare`: exact statistics, atomic outputs, and clear reports on broken datasets."""
 
+import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +17,22 @@ from test_data_fixtures import (
     write_synthia,
 )
 
-from lcmsm_jax import cli
+from lcmsm_jax import atomic, cli
 from lcmsm_jax.data import labels as L
 from lcmsm_jax.data import manifest, prepare, rcs, sources
 
+TOOLS = Path(__file__).parents[1] / "tools"
+
 
 def run(root, *extra, dataset="gta5"):
-    return prepare.main(["--dataset", dataset, "--root", str(root), "--workers", "1", *extra])
+    """Exit status of the command, as the console entry point reports it."""
+    argv = ["--dataset", dataset, "--root", str(root), "--workers", "1", *extra]
+    return cli.run("lcmsm-prepare", argv)
 
 
 def outputs(root):
-    return sorted(f for f in os.listdir(root) if f.startswith(("lcmsm_", ".tmp-")))
+    """The written files and any temporary file left beside them (".lcmsm_*.tmp")."""
+    return sorted(f for f in os.listdir(root) if f.startswith(("lcmsm_", ".lcmsm_")))
 
 
 def expected_counts(written, table):
@@ -54,7 +61,7 @@ def test_statistics_are_exact_and_files_complete(tmp_path, capsys, dataset, writ
     np.testing.assert_array_equal(aligned, rcs.compute_class_counts(source))
     out = capsys.readouterr()
     assert "5 images" in out.out and "RCS P(c)" in out.out
-    assert "5/5 checked (100%)" in out.err  # progress
+    assert "5/5 pairs (100%)" in out.out  # progress
 
 
 def test_every_split_of_the_target_datasets(tmp_path):
@@ -76,7 +83,8 @@ def test_every_split_of_the_target_datasets(tmp_path):
 def _fails(tmp_path, capsys, *expected, extra=()):
     before = {f: open(tmp_path / f, "rb").read() for f in outputs(tmp_path)}
     assert run(tmp_path, *extra, "--quiet") == 1
-    err = capsys.readouterr().err
+    out = capsys.readouterr()
+    err = out.err + out.out  # the listing on stderr, the one-line failure on stdout
     for text in expected:
         assert text in err, err
     assert "Nothing was written" in err
@@ -128,7 +136,7 @@ def test_synthia_ids_above_255_are_caught(tmp_path, capsys):
     gt[..., 0] = 3
     gt[5, 5, 0] = 256 + 3  # would read as road if only the low byte were looked at
     (tmp_path / "GT" / "LABELS" / "0000001.png").write_bytes(encode_png(gt))
-    assert prepare.main(["--dataset", "synthia", "--root", str(tmp_path), "--workers", "1"]) == 1
+    assert run(tmp_path, dataset="synthia") == 1
     assert "GT/LABELS/0000001.png: ids 259 (1 pixels)" in capsys.readouterr().err
 
 
@@ -168,16 +176,15 @@ def test_interrupted_write_leaves_no_partial_file_and_is_detected(tmp_path, monk
     write_gta5(str(tmp_path), n=2)
     assert run(tmp_path, "--quiet") == 0
     write_gta5(str(tmp_path), n=2, seed=1)  # dataset changes; the run below dies mid-write
-    real = manifest.atomic_write_bytes
+    real = atomic.write_bytes
 
     def dies_on_manifest(path, data):
         if path.endswith(manifest.MANIFEST_NAME):
             raise KeyboardInterrupt
-        real(path, data)
+        return real(path, data)
 
-    monkeypatch.setattr(manifest, "atomic_write_bytes", dies_on_manifest)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "--quiet")
+    monkeypatch.setattr(atomic, "write_bytes", dies_on_manifest)
+    assert run(tmp_path, "--quiet") == 130  # "interrupted"
     assert outputs(tmp_path) == sorted([manifest.MANIFEST_NAME, manifest.STATS_NAME])
     with pytest.raises(manifest.ManifestError, match="does not match"):
         manifest.load_stats(str(tmp_path))
@@ -189,7 +196,7 @@ def test_temporary_file_removed_when_writing_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        manifest.atomic_write_bytes(str(tmp_path / "x.json"), b"{}")
+        manifest.write_prepared(str(tmp_path), {}, {})
     assert os.listdir(tmp_path) == []
 
 
@@ -210,3 +217,34 @@ def test_worker_processes(tmp_path):
     stats = manifest.load_stats(str(tmp_path))["splits"]["all"]
     want = expected_counts(written, L.GTA5_ID_TO_TRAIN_ID)
     assert [want[f].tolist() for f in stats["labels"]] == stats["class_pixels"]
+
+
+def test_command_line_mistakes_and_help(tmp_path, capsys):
+    write_gta5(str(tmp_path), n=1)
+    assert run(tmp_path, "--splits", "train") == 2
+    assert "GTA5 has no split 'train' (all)" in capsys.readouterr().out
+    assert cli.run("lcmsm-prepare", ["--root", str(tmp_path)]) == 2
+    assert "--dataset is required" in capsys.readouterr().out
+    assert run(tmp_path, "--labels", "colour") == 2
+    assert "--labels" in capsys.readouterr().out
+    assert outputs(tmp_path) == []
+    assert cli.run("lcmsm-prepare", ["--help"]) == 0
+    text = capsys.readouterr().out
+    for part in ("usage: lcmsm-prepare --dataset ... --root ...", "example", "--skip-bad"):
+        assert part in text
+
+
+def test_rcs_stats_tool(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("rcs_stats", TOOLS / "rcs_stats.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    write_gta5(str(tmp_path), n=3)
+    assert run(tmp_path, "--quiet") == 0
+    capsys.readouterr()
+    assert tool.main(["--root", str(tmp_path), "--min-pixels", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "gta5/all: 3 images, T=0.01" in out and "imgs>10px" in out
+    assert tool.main(["--root", str(tmp_path), "--temperature", "0"]) == 2
+    assert "--temperature 0.0: must be above 0" in capsys.readouterr().out
+    with pytest.raises(manifest.ManifestError, match="no statistics for split 'train'"):
+        tool.main(["--root", str(tmp_path), "--split", "train"])

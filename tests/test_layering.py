@@ -24,6 +24,7 @@ LAYERS = {
             "metrics_log",
             "methods",
             "optim",
+            "state_dicts",
             "progress",
             "text",
         ),

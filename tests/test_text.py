@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcmsm_jax import clip_text, text
+from lcmsm_jax import cli, clip_text, text
 from lcmsm_jax.data import labels
 
 # A small OpenCLIP architecture (text width 384, 12 layers): a full model builds in ~1 s on CPU.
@@ -53,6 +53,14 @@ def run_cli(tmp_path: Path, *flags: str, name: str = "emb.npz") -> Path:
     argv = ["--model", SMALL_MODEL, "--pretrained", "none", "--batch-size", "64"]
     assert clip_text.main([*argv, *flags, "--out", str(out)]) == 0
     return out
+
+
+def run_command(capsys, *argv) -> tuple[int, str]:
+    """(exit status, everything printed) of `lcmsm-embed-text argv`, run as the console
+    entry point runs it."""
+    status = cli.run("lcmsm-embed-text", [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out + err
 
 
 def write_file(path: Path, embeddings: np.ndarray, class_names=CITYSCAPES) -> Path:
@@ -111,7 +119,7 @@ def test_cli_matches_open_clip_encode_text(tmp_path, open_clip, reference, capsy
     assert info.open_clip_version == open_clip.__version__
     assert info.normalized is False
     assert info.sha256 == text.content_hash(emb, CITYSCAPES, False)
-    assert "encoded batch 1/1 (19 prompts)" in capsys.readouterr().err  # progress shown
+    assert "encoded batch 1/1 (19 prompts)" in capsys.readouterr().out  # progress shown
 
 
 @pytest.mark.clip
@@ -184,8 +192,8 @@ def test_cli_renames(tmp_path, reference):
 )
 def test_cli_rejects_unknown_model_or_weights(tmp_path, open_clip, capsys, flags, message):
     argv = ["--classes", "cityscapes", "--model", SMALL_MODEL, *flags]
-    assert clip_text.main([*argv, "--out", str(tmp_path / "x.npz")]) == 2
-    assert message in capsys.readouterr().err
+    status, text_out = run_command(capsys, *argv, "--out", tmp_path / "x.npz")
+    assert status == 2 and message in text_out
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -196,8 +204,8 @@ def test_cli_reports_a_checkpoint_that_does_not_fit(tmp_path, open_clip, capsys)
     checkpoint = tmp_path / "other.pt"
     torch.save({"not_a_clip_weight": torch.zeros(1)}, checkpoint)
     argv = ["--classes", "cityscapes", "--model", SMALL_MODEL, "--pretrained", str(checkpoint)]
-    assert clip_text.main([*argv, "--out", str(tmp_path / "x.npz")]) == 1
-    assert f"could not build OpenCLIP {SMALL_MODEL}" in capsys.readouterr().err
+    status, text_out = run_command(capsys, *argv, "--out", tmp_path / "x.npz")
+    assert status == 1 and f"could not build OpenCLIP {SMALL_MODEL}" in text_out
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -217,20 +225,35 @@ def test_cli_reports_a_checkpoint_that_does_not_fit(tmp_path, open_clip, capsys)
         ),
         ({"r.txt": "person pedestrian\n"}, ["--classes", "cityscapes", "--renames", "r.txt"], "->"),
         ({}, ["--classes", "cityscapes", "--batch-size", "0"], "must be at least 1"),
+        ({}, ["--classes", "cityscapes", "--no-renames", "--renames", "r.txt"], "exclude each"),
+        ({}, ["--classes", "cityscapes", "--batch-size", "many"], "--batch_size"),
+        ({}, ["--classes", "cityscapes", "--colour"], "Unknown command line flag 'colour'"),
     ],
 )
 def test_cli_input_errors(tmp_path, monkeypatch, capsys, files, flags, message):
     monkeypatch.chdir(tmp_path)
     for name, content in files.items():
         Path(name).write_text(content)
-    assert clip_text.main([*flags, "--out", "x.npz"]) == 2
-    assert message in capsys.readouterr().err
+    status, text_out = run_command(capsys, *flags, "--out", "x.npz")
+    assert status == 2 and message in text_out, text_out
+    assert not Path("x.npz").exists()
 
 
 def test_cli_without_open_clip_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "open_clip", None)  # makes `import open_clip` fail
-    assert clip_text.main(["--classes", "cityscapes", "--out", str(tmp_path / "x.npz")]) == 1
-    assert 'pip install -e ".[clip]"' in capsys.readouterr().err
+    status, text_out = run_command(capsys, "--classes", "cityscapes", "--out", tmp_path / "x.npz")
+    assert status == 1 and 'pip install -e ".[clip]"' in text_out
+    assert "Traceback" not in text_out
+
+
+def test_cli_help_and_required_flags(capsys):
+    status, text_out = run_command(capsys, "--help")
+    assert status == 0
+    for part in ("usage: lcmsm-embed-text --classes ... --out ...", "examples:", "--no-renames",
+                 "--prompt", "--batch-size", "(default: ViT-H-14)"):  # fmt: skip
+        assert part in text_out, text_out
+    status, text_out = run_command(capsys, "--classes", "cityscapes")
+    assert status == 2 and "--out is required" in text_out
 
 
 def test_combine_single_template_keeps_raw_vectors():

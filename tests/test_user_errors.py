@@ -466,4 +466,7 @@ def test_prepare_and_embed_text_mistakes(tmp_path, capsys):
     check(text, f"{tmp_path / 'no'}: no such folder", "Expected the GTA5 root")
     status, text = run(capsys, "lcmsm-embed-text", "--model", "ViT-H-14")
     assert status == 2
-    check(text, "the following arguments are required: --classes, --out")
+    check(text, "lcmsm-embed-text: --classes is required", "lcmsm-embed-text --help")
+    status, text = run(capsys, "lcmsm-prepare", "--dataset", "gta6", "--root", tmp_path)
+    assert status == 2
+    check(text, "lcmsm-prepare: flag --dataset=gta6", "gta5")

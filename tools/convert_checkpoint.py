@@ -2,7 +2,7 @@
 
 import sys
 
-from lcmsm_jax import convert
+from lcmsm_jax import cli
 
 if __name__ == "__main__":
-    sys.exit(convert.main(sys.argv[1:]))
+    sys.exit(cli.run("lcmsm-convert", sys.argv[1:]))

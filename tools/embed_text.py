@@ -7,7 +7,7 @@ Example (the paper's embeddings):
 
 import sys
 
-from lcmsm_jax import clip_text
+from lcmsm_jax import cli
 
 if __name__ == "__main__":
-    sys.exit(clip_text.main(sys.argv[1:]))
+    sys.exit(cli.run("lcmsm-embed-text", sys.argv[1:]))

@@ -2,8 +2,10 @@
 
 Needs `pip install tensorflow-datasets array-record` (the `tfds` extra). GTA5 and SYNTHIA are
 built without TensorFlow: the original image PNGs are stored as they are and labels are
-stored as trainId PNGs, so training reads them with `sources.TfdsSource` and no id table.
-Run `lcmsm-prepare` on the folder first; the build uses its validated file list.
+stored as trainId PNGs, in the order of the file source, so training reads them with
+`config.data.<domain>.format = "tfds"` (`lcmsm_jax/data/tfds_source.py`) and gets the same
+batches as from the files. Run `lcmsm-prepare` on the folder first; the build uses its
+validated file list.
 
   python tools/prepare_tfds.py --dataset gta5 --root /data/gta5 --data-dir /data/tfds
   python tools/prepare_tfds.py --dataset synthia --root /data/synthia --data-dir /data/tfds
@@ -11,22 +13,26 @@ Run `lcmsm-prepare` on the folder first; the build uses its validated file list.
   # leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip in MANUAL_DIR.
   python tools/prepare_tfds.py --dataset cityscapes --manual-dir /data/zips --data-dir /data/tfds
 
-Read back:
-  TfdsSource("lcmsm_gta5", "train", data_dir="/data/tfds")
-  TfdsSource("cityscapes/semantic_segmentation", "train", data_dir="/data/tfds",
-             image_key="image_left", label_key="segmentation_label",
-             id_table=labels.CITYSCAPES_ID_TO_TRAIN_ID)
+Read back: --config.data.source.format=tfds --config.data.source.tfds_data_dir=/data/tfds
+(README "Data"), or `tfds_source.open_tfds("gta5", "all", data_dir="/data/tfds")`.
 """
 
-import argparse
 import io
 import sys
 
 import numpy as np
-import tensorflow_datasets as tfds
+from absl import flags
 from PIL import Image
 
+from lcmsm_jax import config_cli
 from lcmsm_jax.data import rcs, sources
+from lcmsm_jax.progress import say
+
+PROG = "tools/prepare_tfds.py"
+try:
+    import tensorflow_datasets as tfds
+except ImportError as e:  # the builders below subclass a TFDS class
+    sys.exit(f"{PROG}: needs tensorflow-datasets and array-record ({e}): pip install -e '.[tfds]'")
 
 
 def _png(array: np.ndarray) -> io.BytesIO:
@@ -39,7 +45,8 @@ def _png(array: np.ndarray) -> io.BytesIO:
 class _PngPairBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Examples: image (original PNG), label (trainIds, PNG), file_name, class_pixels [19]."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "Records in the file source's order.", "1.0.0": "Shuffled."}
     DATASET = ""  # key of sources.LAYOUTS
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the unpacked dataset folder as --root."
 
@@ -56,7 +63,8 @@ class _PngPairBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "class_pixels": tfds.features.Tensor(shape=(19,), dtype=np.int64),
             }
         )
-        return tfds.core.DatasetInfo(builder=self, features=features)
+        # Unshuffled: record i is the file source's image i, so both formats train alike.
+        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -102,21 +110,36 @@ def build(dataset: str, data_dir: str, root: str | None = None, manual_dir: str 
     return builder.name
 
 
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum("dataset", None, ["gta5", "synthia", "cityscapes"], "Dataset to build.",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("data_dir", None, "TFDS data directory to write.", flag_values=fv)
+    flags.DEFINE_string("root", None, "gta5/synthia: the unpacked dataset folder.", flag_values=fv)
+    flags.DEFINE_string("manual_dir", None, "cityscapes: folder with the official zips.",
+                        flag_values=fv)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
-    parser.add_argument("--data-dir", required=True, help="TFDS data directory to write")
-    parser.add_argument("--root", help="gta5/synthia: the unpacked dataset folder")
-    parser.add_argument("--manual-dir", help="cityscapes: folder with the official zips")
-    args = parser.parse_args(argv)
-    if args.dataset == "cityscapes" and not args.manual_dir:
-        parser.error("--manual-dir is required for cityscapes")
-    if args.dataset != "cityscapes" and not args.root:
-        parser.error(f"--root is required for {args.dataset}")
-    name = build(args.dataset, args.data_dir, root=args.root, manual_dir=args.manual_dir)
-    print(f"built {name} in {args.data_dir}")
+    """Build the dataset the flags name; usage errors: message and exit 2."""
+    try:
+        fv = config_cli.parse(
+            PROG, argv, _define, required=("dataset", "data_dir"), takes_config=False,
+            description=__doc__.split("\n")[0],
+            examples=[
+                f"python {PROG} --dataset gta5 --root /data/gta5 --data-dir /data/tfds",
+                f"python {PROG} --dataset cityscapes --manual-dir /data/zips --data-dir /data/tfds",
+            ],
+        )  # fmt: skip
+        if fv.dataset == "cityscapes" and not fv.manual_dir:
+            raise config_cli.UsageError(f"{PROG}: --manual-dir is required for cityscapes")
+        if fv.dataset != "cityscapes" and not fv.root:
+            raise config_cli.UsageError(f"{PROG}: --root is required for {fv.dataset}")
+    except config_cli.UsageError as err:
+        return config_cli.report_usage(PROG, err)
+    name = build(fv.dataset, fv.data_dir, root=fv.root, manual_dir=fv.manual_dir)
+    say(f"built {name} in {fv.data_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(config_cli.run_main(PROG, sys.argv[1:], main))

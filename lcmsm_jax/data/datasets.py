@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lcmsm_jax.data import labels, pipeline, rcs, sources
+from lcmsm_jax.data import labels, pipeline, rcs, sources, tfds_source
 
 # Synthetic splits are disjoint seed ranges of the same generator.
 _SYNTHETIC_SPLIT_SEEDS = {"all": 0, "train": 0, "val": 1_000_003}
@@ -30,7 +30,8 @@ def open_domain(
     seed: int,
     synthetic_domain: str,
 ):
-    """A random-access source for one `config.data.{source,target,eval}` entry."""
+    """A random-access source for one `config.data.{source,target,eval}` entry: the
+    dataset's files under `root`, or its TFDS build with `format = "tfds"`."""
     if domain.dataset == "synthetic":
         from lcmsm_jax.data import synthetic
 
@@ -41,6 +42,11 @@ def open_domain(
             seed=seed + _SYNTHETIC_SPLIT_SEEDS.get(domain.split, 0),
             labels=labels_wanted,
         )
+    if domain.get("format", "files") == "tfds":
+        return tfds_source.open_tfds(
+            domain.dataset, domain.split, name=domain.tfds_name,
+            data_dir=domain.tfds_data_dir, labels=labels_wanted,
+        )  # fmt: skip
     if not domain.root:
         raise ValueError(
             f"config.data: dataset {domain.dataset!r} needs a root directory "
@@ -54,6 +60,8 @@ def _class_counts(domain: ml_collections.ConfigDict, source) -> np.ndarray | Non
         return None
     if domain.dataset == "synthetic":
         return rcs.compute_class_counts(source)
+    if isinstance(source, tfds_source.TfdsSource):  # stored in lcmsm_* builds, else counted
+        return source.class_counts()
     return rcs.load_class_counts(domain.root, domain.split, source)
 
 

@@ -2,16 +2,18 @@
 
 `lcmsm_manifest.json` lists the validated image/label pairs of each split; it is written
 last and records the SHA-256 of `lcmsm_class_stats.json` (per-image class pixel counts), so
-a manifest never points at a stale or half-written statistics file. Both are written to a
-temporary file in the same folder, flushed to disk and renamed into place, so an interrupted
-run leaves either the previous files or the new ones, never a mix.
+a manifest never points at a stale or half-written statistics file. Both are written with
+`lcmsm_jax.atomic` (a temporary file in the same folder, flushed and renamed into place), so
+an interrupted run leaves each file old or new, never half-written, and a new statistics file
+under an old manifest is detected by its hash.
 """
 
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
+
+from lcmsm_jax import atomic
 
 MANIFEST_NAME = "lcmsm_manifest.json"
 STATS_NAME = "lcmsm_class_stats.json"
@@ -22,23 +24,6 @@ VERSION = 1
 
 class ManifestError(ValueError):
     """The prepared files are missing, stale or inconsistent."""
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a flushed temporary file and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave the temporary file behind.
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _encode(obj: Any) -> bytes:
@@ -57,8 +42,8 @@ def write_prepared(out_dir: str, manifest: dict, stats: dict) -> tuple[str, str]
     }
     stats_path = os.path.join(out_dir, STATS_NAME)
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
-    atomic_write_bytes(stats_path, stats_bytes)
-    atomic_write_bytes(manifest_path, _encode(manifest))
+    atomic.write_bytes(stats_path, stats_bytes)
+    atomic.write_bytes(manifest_path, _encode(manifest))
     return manifest_path, stats_path
 
 

@@ -9,7 +9,6 @@ per-image class pixel counts (native resolution, after id -> trainId) that rare-
 sampling needs and writes `lcmsm_class_stats.json` and `lcmsm_manifest.json` atomically.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -18,13 +17,17 @@ import functools
 import multiprocessing
 import os
 import sys
-import time
 
 import numpy as np
+from absl import flags
 
+from lcmsm_jax import config_cli
 from lcmsm_jax.data import labels as label_tables
 from lcmsm_jax.data import manifest as manifest_lib
 from lcmsm_jax.data import pngio, rcs, sources
+from lcmsm_jax.progress import Progress, say
+
+PROG = "lcmsm-prepare"
 
 _SKIP = "or re-run with --skip-bad to leave the pair out"
 ADVICE = {
@@ -54,6 +57,10 @@ class PairResult:
     problems: list[Problem]
     counts: np.ndarray | None  # [19] trainId pixel counts
     size: tuple[int, int] | None  # image (height, width)
+
+
+class PreparationError(ValueError):
+    """The dataset has problems (listed before); nothing was written."""
 
 
 def _id_list(ids) -> str:
@@ -120,40 +127,6 @@ def check_pair(
     return PairResult(problems, counts.astype(np.int64), size)
 
 
-class Progress:
-    """One status line on a terminal (rewritten in place), or a line per 10% otherwise."""
-
-    def __init__(self, total: int, title: str, stream=None, quiet: bool = False):
-        stream = stream or sys.stderr  # looked up now, so redirections made later apply
-        self.total, self.title, self.stream, self.quiet = total, title, stream, quiet
-        self.done, self.start, self.last = 0, time.monotonic(), 0.0
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.next_decile = 1
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        finished = self.done == self.total
-        if self.quiet:
-            return
-        if self.tty and (now - self.last > 0.25 or finished):
-            self.last = now
-            self.stream.write(f"\r{self._line(now)}" + ("\n" if finished else ""))
-            self.stream.flush()
-        elif not self.tty and (finished or self.done * 10 >= self.next_decile * self.total):
-            self.next_decile = self.done * 10 // max(self.total, 1) + 1
-            self.stream.write(self._line(now) + "\n")
-
-    def _line(self, now: float) -> str:
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / max(rate, 1e-9)
-        return (
-            f"{self.title}: {self.done}/{self.total} checked "
-            f"({100 * self.done / max(self.total, 1):.0f}%), {rate:.1f}/s, "
-            f"about {eta:.0f}s left"
-        )
-
-
 def check_pairs(pairs, workers: int, progress: Progress, **kwargs) -> list[PairResult]:
     """`check_pair` over all pairs, in `workers` processes (1 = in this process)."""
     fn = functools.partial(check_pair, **kwargs)
@@ -207,64 +180,63 @@ def _warn_empty_candidates(counts: np.ndarray, min_pixels: int, name: str) -> No
     empty = [c for c in occurring if not (counts[:, c] > min_pixels).any()]
     if empty:
         names = ", ".join(label_tables.CITYSCAPES_CLASSES[c] for c in empty)
-        print(
+        say(
             f"note: in {name} no image has more than {min_pixels} pixels of {names}; rare-class "
             "sampling with that threshold will not start on this split",
-            file=sys.stderr,
+            stream=sys.stderr,
         )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lcmsm-prepare",
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum("dataset", None, sorted(sources.LAYOUTS), "Which dataset ROOT holds.",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("root", None, "The dataset folder (see README for layouts).",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("splits", None,
+                        "Comma-separated splits to check (default: all the dataset has).",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_enum("labels", "ids", ["ids", "trainids"],
+                      "Cityscapes/ACDC/Dark Zurich: read *_labelIds.png (ids) or "
+                      "*_labelTrainIds.png (trainids).", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("conditions", None, "ACDC: comma-separated conditions (default: those "
+                        "present of fog,night,rain,snow).", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("out", None, "Where to write the files (default: ROOT).", flag_values=fv)
+    flags.DEFINE_integer("workers", min(8, os.cpu_count() or 1),
+                         "Processes that check files (1: this one); default min(8, CPUs).",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("skip_bad", False,
+                      "Leave problem pairs out of the manifest instead of failing.",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("allow_unknown_ids", False,
+                      "Read ids missing from the table as ignore (255) instead of failing.",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("max_listed", 20, "Files listed per kind of problem (0 = all).",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("min_pixels", 3000, "RCS candidate threshold shown in the summary.",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("quiet", False, "No progress lines.", flag_values=fv)
+
+
+def _parse(argv: list[str] | None):
+    """The flags, with --splits checked against the dataset (UsageError)."""
+    args = config_cli.parse(
+        PROG, argv, _define, required=("dataset", "root"), takes_config=False,
         description="Validate a dataset as unpacked from its archives and write the manifest "
         "and class statistics (for rare-class sampling) that training reads.",
-    )
-    p.add_argument(
-        "--dataset", required=True, choices=sorted(sources.LAYOUTS), help="which dataset ROOT holds"
-    )
-    p.add_argument("--root", required=True, help="the dataset folder (see README for layouts)")
-    p.add_argument(
-        "--splits",
-        default=None,
-        help="comma-separated splits to check (default: all the dataset has)",
-    )
-    p.add_argument(
-        "--labels",
-        default="ids",
-        choices=("ids", "trainids"),
-        help="Cityscapes/ACDC/Dark Zurich: read *_labelIds.png (default) or *_labelTrainIds.png",
-    )
-    p.add_argument(
-        "--conditions",
-        default=None,
-        help="ACDC: comma-separated conditions (default: those present of fog,night,rain,snow)",
-    )
-    p.add_argument("--out", default=None, help="where to write the files (default: ROOT)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="processes used to check files (default: min(8, CPUs))",
-    )
-    p.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="leave problem pairs out of the manifest instead of failing",
-    )
-    p.add_argument(
-        "--allow-unknown-ids",
-        action="store_true",
-        help="read ids missing from the table as ignore (255) instead of failing",
-    )
-    p.add_argument(
-        "--max-listed", type=int, default=20, help="files listed per kind of problem (0 = all)"
-    )
-    p.add_argument(
-        "--min-pixels", type=int, default=3000, help="RCS candidate threshold shown in the summary"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    return p
+        examples=[
+            f"{PROG} --dataset gta5 --root /data/gta5",
+            f"{PROG} --dataset cityscapes --root /data/cityscapes --splits train,val",
+            f"{PROG} --dataset acdc --root /data/acdc --conditions night --out /data/acdc_night",
+        ],
+    )  # fmt: skip
+    lay = sources.layout(args.dataset)
+    for split in args.splits.split(",") if args.splits else ():
+        if split not in lay.labelled_splits + lay.unlabelled_splits:
+            known = ", ".join(lay.labelled_splits + lay.unlabelled_splits)
+            raise config_cli.UsageError(
+                f"{PROG}: --splits {args.splits}: {lay.title} has no split {split!r} ({known})"
+            )
+    return args
 
 
 def _check_split(args, lay, split: str, labelled: bool, conditions):
@@ -281,7 +253,8 @@ def _check_split(args, lay, split: str, labelled: bool, conditions):
     problems += [Problem("missing image", f) for f in found.unpaired_labels]
     label_files = found.labels if labelled else [None] * len(found.images)
     pairs = list(zip(found.images, label_files, strict=True))
-    progress = Progress(len(pairs), f"{args.dataset}/{split}", quiet=args.quiet)
+    progress = Progress(f"{args.dataset}/{split}", len(pairs), unit="pairs",
+                        stream=None if args.quiet else "stdout")  # fmt: skip
     results = check_pairs(
         pairs,
         args.workers,
@@ -291,6 +264,7 @@ def _check_split(args, lay, split: str, labelled: bool, conditions):
         id_table=lay.id_tables[args.labels],
         allow_unknown=args.allow_unknown_ids,
     )
+    progress.finish()
     kept = [(pair, r) for pair, r in zip(pairs, results, strict=True) if not r.problems]
     for r in results:
         problems += r.problems
@@ -313,8 +287,16 @@ def _split_entries(kept, labelled: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `lcmsm-prepare` with command-line `argv`; returns the exit status (0 = written)."""
-    args = _parser().parse_args(argv)
+    """Run `lcmsm-prepare` with command-line `argv`; returns the exit status (0 = written).
+
+    Usage errors: message and 2. A dataset that does not pass raises (LayoutError,
+    PreparationError, OSError; `lcmsm_jax.cli` reports them in one line, exit 1) after the
+    problems were listed on stderr, and nothing is written.
+    """
+    try:
+        args = _parse(argv)
+    except config_cli.UsageError as err:
+        return config_cli.report_usage(PROG, err)
     lay = sources.layout(args.dataset)
     splits = (
         args.splits.split(",") if args.splits else list(lay.labelled_splits + lay.unlabelled_splits)
@@ -324,9 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     entries, stats, all_problems, skipped = {}, {}, [], {}
     try:
         for split in splits:
-            if split not in lay.labelled_splits + lay.unlabelled_splits:
-                print(f"lcmsm-prepare: {lay.title} has no split {split!r}", file=sys.stderr)
-                return 1
             labelled = split in lay.labelled_splits
             kept, problems, bad = _check_split(args, lay, split, labelled, conditions)
             all_problems += problems
@@ -336,22 +315,19 @@ def main(argv: list[str] | None = None) -> int:
                 stats[split] = split_stats
     except sources.LayoutError as e:
         hint = " To check only some splits pass --splits." if len(splits) > 1 else ""
-        print(f"lcmsm-prepare: {e}{hint}\nNothing was written.", file=sys.stderr)
-        return 1
+        raise sources.LayoutError(f"{e}{hint}\nNothing was written.") from e
     if all_problems:
-        print(format_problems(all_problems, args.root, lay.title, args.max_listed), file=sys.stderr)
+        say(format_problems(all_problems, args.root, lay.title, args.max_listed), sys.stderr)
         if not args.skip_bad:
-            print("\nNothing was written.", file=sys.stderr)
-            return 1
-        print(
-            f"\n--skip-bad: leaving {sum(map(len, skipped.values()))} file(s) out.", file=sys.stderr
-        )
+            raise PreparationError(
+                f"{len(all_problems)} problem(s) in {args.root} (listed above). Nothing was "
+                "written."
+            )
+        say(f"\n--skip-bad: leaving {sum(map(len, skipped.values()))} file(s) out.", sys.stderr)
     if not any(e["num_images"] for e in entries.values()):
-        print("lcmsm-prepare: no usable images left; nothing was written.", file=sys.stderr)
-        return 1
+        raise PreparationError("no usable images left; nothing was written.")
     if not os.access(out, os.W_OK):
-        print(f"lcmsm-prepare: cannot write into {out}; pass --out DIR", file=sys.stderr)
-        return 1
+        raise PermissionError(f"cannot write into {out}; pass --out DIR")
     manifest = {
         "dataset": args.dataset,
         "label_kind": args.labels,
@@ -368,14 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     manifest_path, stats_path = manifest_lib.write_prepared(out, manifest, stats_doc)
     _print_summary(args, entries, stats)
-    print(f"wrote {stats_path}\nwrote {manifest_path}")
+    say(f"wrote {stats_path}\nwrote {manifest_path}")
     return 0
 
 
 def _print_summary(args, entries: dict, stats: dict) -> None:
     for split, entry in entries.items():
-        print(f"{args.dataset}/{split}: {entry['num_images']} images")
+        say(f"{args.dataset}/{split}: {entry['num_images']} images")
         if split in stats and stats[split]["class_pixels"]:
             counts = np.asarray(stats[split]["class_pixels"], np.int64)
-            print(class_table(counts, 0.01, args.min_pixels))
+            say(class_table(counts, 0.01, args.min_pixels))
             _warn_empty_candidates(counts, args.min_pixels, f"{args.dataset}/{split}")

@@ -15,11 +15,10 @@ Layouts, exactly as the archives unpack (ROOT is what `--root` / `root` points a
   darkzurich  ROOT/rgb_anon/{split}/night/{seq}/X_rgb_anon.png
               ROOT/gt/{split}/night/{seq}/X_gt_labelIds.png (val only; train is unlabelled)
 
-`TfdsSource` reads the same examples from ArrayRecord files through `tfds.data_source`.
+The same examples can also be read from TFDS ArrayRecord files (`tfds_source.py`).
 """
 
 import dataclasses
-import io
 import os
 
 import numpy as np
@@ -374,97 +373,3 @@ def open_source(
         label_reader=lay.label_reader,
         name=f"{dataset}/{split}",
     )
-
-
-class TfdsSource:
-    """An ArrayRecord TFDS dataset read with `tfds.data_source` (no TensorFlow needed).
-
-    Works with the datasets `tools/prepare_tfds.py` builds ("lcmsm_gta5", "lcmsm_synthia":
-    keys "image" and "label", labels already trainIds) and with TFDS' own
-    "cityscapes/semantic_segmentation" (image_key="image_left",
-    label_key="segmentation_label", id_table=CITYSCAPES_ID_TO_TRAIN_ID). PNG bytes are
-    decoded here, like the file sources, so both kinds of source give identical arrays.
-    `label_key=None` gives an image-only source.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        split: str,
-        *,
-        data_dir: str | None = None,
-        image_key: str = "image",
-        label_key: str | None = "label",
-        id_table: dict[int, int] | None = None,
-    ):
-        self.name, self.split, self.data_dir = name, split, data_dir
-        self.image_key, self.label_key = image_key, label_key
-        table = id_table if id_table is not None else label_tables.TRAIN_ID_TO_TRAIN_ID
-        self._lut = label_tables.lookup_table(table)
-        self._records = None  # opened lazily, so that worker processes open their own
-
-    def _open(self):
-        if self._records is None:
-            try:
-                import tensorflow_datasets as tfds
-            except ImportError as e:
-                raise ImportError(
-                    "TfdsSource needs tensorflow-datasets and array-record: "
-                    "pip install tensorflow-datasets array-record"
-                ) from e
-            keys = [self.image_key] + ([self.label_key] if self.label_key else [])
-            self._records = tfds.data_source(
-                self.name,
-                split=self.split,
-                data_dir=self.data_dir,
-                decoders={k: tfds.decode.SkipDecoding() for k in keys},
-            )
-        return self._records
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_records": None}
-
-    @property
-    def has_labels(self) -> bool:
-        return self.label_key is not None
-
-    def __len__(self) -> int:
-        return len(self._open())
-
-    def __repr__(self) -> str:
-        return f"TfdsSource({self.name!r}, split={self.split!r}, data_dir={self.data_dir!r})"
-
-    def _label(self, record) -> np.ndarray:
-        ids = pngio.read_index_label(io.BytesIO(record[self.label_key]))
-        ids = ids[..., 0] if ids.ndim == 3 else ids
-        return self._lut[ids]
-
-    def read_label(self, index: int) -> np.ndarray:
-        """uint8 trainIds `[H, W]`."""
-        return self._label(self._open()[int(index)])
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        record = self._open()[int(index)]
-        try:
-            example = {"image": pngio.read_rgb(io.BytesIO(record[self.image_key]))}
-            if self.label_key:
-                example["label"] = self._label(record)
-        except pngio.LabelFormatError as err:
-            raise pngio.LabelFormatError(f"{self!r} record {index}: {err}") from err
-        except pngio.DECODE_ERRORS as err:
-            raise pngio.UnreadableImageError(
-                f"{self!r} record {index} cannot be decoded ({type(err).__name__}: {err}); "
-                "build the dataset again (tools/prepare_tfds.py)"
-            ) from err
-        return example
-
-    def class_counts(self) -> np.ndarray:
-        """`[N, 19]` class pixel counts: the stored "class_pixels" feature when the dataset
-        has one (cheap), else counted from the labels (slow)."""
-        records = self._open()
-        if "class_pixels" in records.dataset_info.features:
-            return np.stack([np.asarray(records[i]["class_pixels"]) for i in range(len(self))])
-        rows = [
-            np.bincount(self.read_label(i).ravel(), minlength=256)[:19] for i in range(len(self))
-        ]
-        return np.stack(rows).astype(np.int64)
