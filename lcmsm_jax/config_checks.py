@@ -186,8 +186,12 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
         config, ("data.crop_size", "data.source.scale", "data.target.scale", "data.synthetic.size")
     )
     _check_fractions(
-        config, ("uda.alpha", "uda.pseudo_threshold", "uda.mask_ratio", "data.source.cat_max_ratio")
-    )
+        config,
+        (
+            "uda.alpha", "uda.pseudo_threshold", "uda.mask_ratio",
+            "uda.color_jitter_apply_probability", "data.source.cat_max_ratio",
+        ),
+    )  # fmt: skip
     _check_splits(config)
     _check_tfds(config)
     _check_files(config)

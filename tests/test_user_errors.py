@@ -74,6 +74,10 @@ TRAIN_USAGE = {
     ),
     "crop_not_a_pair": (["--config.data.crop_size=(64,)"], ["config.data.crop_size", "two"]),
     "alpha_out_of_range": (["--config.uda.alpha=1.5"], ["config.uda.alpha = 1.5", "0 and 1"]),
+    "jitter_given_in_percent": (
+        ["--config.uda.color_jitter_apply_probability=80"],
+        ["config.uda.color_jitter_apply_probability = 80", "0 and 1"],
+    ),
     "num_classes": (["--config.model.num_classes=20"], ["config.model.num_classes = 20", "19"]),
     "missing_text_embeddings": (
         ["--config.text.embeddings={tmp}/none.npz"],
