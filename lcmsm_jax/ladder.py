@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lcmsm_jax import methods, train, visualize
+from lcmsm_jax import atomic, methods, train, visualize
 from lcmsm_jax.data import labels
+from lcmsm_jax.progress import say
 
 BASELINE, ORACLE = "source_only", "oracle"
 
@@ -40,16 +41,14 @@ def run_method(
     method: str,
     seed: int,
     workdir: str | os.PathLike,
-    *,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Train `method` with `seed` in `workdir` (or read the finished run); final eval results."""
     config = method_config(config, method, seed)
     final = final_results_path(config, workdir)
     if final.is_file():
-        log(f"{methods.LABELS[method]}, seed {seed}: finished earlier, reading {final}")
+        say(f"{methods.LABELS[method]}, seed {seed}: finished earlier, reading {final}")
         return json.loads(final.read_text())
-    log(f"{methods.LABELS[method]}, seed {seed}: training in {workdir}")
+    say(f"{methods.LABELS[method]}, seed {seed}: training in {workdir}")
     results = train.train(config, workdir)["eval"]
     if not results:
         raise RuntimeError(
@@ -60,7 +59,7 @@ def run_method(
 
 
 def final_results_path(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-    """Where a run's final evaluation lands (`Evaluator.run` at config.train.steps)."""
+    """Where a run's final evaluation lands (`SplitEvaluator.run` at config.train.steps)."""
     from lcmsm_jax import evaluate
 
     tag = evaluate.results_tag(config.train.steps, config.eval.weights, config.eval.head)
@@ -128,14 +127,8 @@ def _cell(value: float | None) -> str:
 
 def write_table(summary: dict, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Write `<name>.md` and `<name>.json` atomically; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = out_dir / f"{name}.md", out_dir / f"{name}.json"
-    for path, text in zip(paths, (markdown(summary), json.dumps(summary, indent=2)), strict=True):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return paths
+    md = atomic.write_text(Path(out_dir) / f"{name}.md", markdown(summary))
+    return md, atomic.write_text(Path(out_dir) / f"{name}.json", json.dumps(summary, indent=2))
 
 
 def bar_chart(summary: dict, title: str = "") -> np.ndarray:
@@ -188,10 +181,10 @@ def prediction_pictures(
       runs: {caption: run directory}, each restored at its latest step (student weights,
         the evaluation head of config.eval.head).
     """
-    from lcmsm_jax import evaluate, sharding
-    from lcmsm_jax.data import pipeline
+    from lcmsm_jax import evaluate, restore, sharding
+    from lcmsm_jax.data import eval_source, pipeline
 
-    source = evaluate.open_eval_source(config)
+    source = eval_source.open_eval_source(config)
     count = min(num_images, len(source))
     # Exactly what evaluation feeds the network (keep-ratio resize, normalisation).
     prepare = pipeline.EvalExample(source, config.data.eval.scale, 0, 1)
@@ -200,17 +193,11 @@ def prediction_pictures(
     mesh = sharding.make_mesh(1)  # a handful of images: one device, no padding needed
     predictions, evaluator = {}, None
     for caption, workdir in runs.items():
-        graphdef, params, batch_stats, step = evaluate.load_weights(config, workdir)
+        run = restore.load_for_inference(config, workdir, weights="student")
         # The methods share the model, so one evaluator (one compilation) serves every run.
-        evaluator = evaluator or evaluate.make_evaluator(config, graphdef, mesh)
-        features = None
-        if evaluator.spec.head == "lcmsm":
-            text_params, embeddings = evaluate.text_inputs(
-                config, workdir, params, step=step, weights="student"
-            )
-            features = evaluate.project_text(graphdef, text_params, batch_stats, embeddings)
+        evaluator = evaluator or evaluate.make_evaluator(config, run.graphdef, mesh)
         predictions[caption] = evaluator.predict(
-            params, batch_stats, features, images, examples[0]["label"].shape
+            run.params, run.batch_stats, run.text_features, images, examples[0]["label"].shape
         )
     paths = []
     for i, example in enumerate(examples):
@@ -229,8 +216,6 @@ def compare(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     adapted: dict | None = None,
-    *,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """The demo's table: the run in `workdir` (the config's own method, final results
     `adapted`, read from its eval JSON when None) next to each of config.train.compare_with,
@@ -246,7 +231,7 @@ def compare(
     runs = {}
     for method in config.train.compare_with:
         run_dir = workdir / "baselines" / method
-        results = run_method(config, method, config.seed, run_dir, log=log)
+        results = run_method(config, method, config.seed, run_dir)
         miou[method] = {config.seed: results["mIoU"]}
         runs[methods.LABELS[method]] = run_dir
     runs[methods.LABELS["lcmsm"]] = workdir
@@ -255,8 +240,8 @@ def compare(
     summary["step"] = int(config.train.steps)
     md, js = write_table(summary, workdir, "comparison")
     pictures = prediction_pictures(config, runs, workdir / "predictions")
-    log("\n" + markdown(summary))
-    log(f"wrote {md}, {js} and {len(pictures)} prediction pictures in {pictures[0].parent}")
+    say("\n" + markdown(summary))
+    say(f"wrote {md}, {js} and {len(pictures)} prediction pictures in {pictures[0].parent}")
     return summary
 
 
@@ -276,24 +261,22 @@ def run_ladder(
     out_dir: str | os.PathLike,
     seeds: Sequence[int],
     method_names: Sequence[str] = tuple(methods.METHODS),
-    *,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Every method x seed in `out_dir/<method>/seed_<s>`; writes ladder.{md,json,png}."""
     out_dir = Path(out_dir)
     miou: dict[str, dict[int, float]] = {m: {} for m in method_names}
     cells = [(m, s) for s in seeds for m in method_names]
     for n, (method, seed) in enumerate(cells, 1):
-        log(f"[ladder {n}/{len(cells)}] {methods.LABELS[method]}, seed {seed}")
-        results = run_method(config, method, seed, out_dir / method / f"seed_{seed}", log=log)
+        say(f"[ladder {n}/{len(cells)}] {methods.LABELS[method]}, seed {seed}")
+        results = run_method(config, method, seed, out_dir / method / f"seed_{seed}")
         miou[method][seed] = results["mIoU"]
     summary = summarize(miou)
     summary["step"] = int(config.train.steps)
     md, js = write_table(summary, out_dir, "ladder")
     title = f"target mIoU (%) after {config.train.steps} steps, seeds {', '.join(map(str, seeds))}"
     visualize.save_png(out_dir / "ladder.png", bar_chart(summary, title))
-    log("\n" + markdown(summary))
-    log(f"wrote {md}, {js} and {out_dir / 'ladder.png'}")
+    say("\n" + markdown(summary))
+    say(f"wrote {md}, {js} and {out_dir / 'ladder.png'}")
     return summary
 
 
@@ -311,7 +294,16 @@ def main(argv: list[str] | None = None) -> int:
                             "Comma-separated methods, in table order.", flag_values=fv)  # fmt: skip
 
     try:
-        fv = config_cli.parse("ladder", argv, define, required=("out",))
+        fv = config_cli.parse(
+            "ladder", argv, define, required=("out",),
+            description="Train every method of the ladder with every seed on one benchmark; "
+            "tabulate and chart the target mIoU. Finished cells are read back, not retrained.",
+            examples=[
+                "python tools/ladder.py --config configs/demo.py --out runs/ladder --seeds 0,1",
+                "python tools/ladder.py --config configs/gta2cs_lcmsm.py --out runs/gta2cs_ladder "
+                "--seeds 0,1,2 --methods source_only,daformer,lcmsm",
+            ],
+        )  # fmt: skip
         seeds = seeds_from(fv.seeds)
         names = tuple(m.strip() for m in fv.methods.split(",") if m.strip())
         unknown = [m for m in names if m not in methods.METHODS]
@@ -321,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"expected some of {', '.join(methods.METHODS)}"
             )
     except (config_cli.UsageError, ValueError) as err:
-        print(err)
+        say(str(err))
         return 2
     run_ladder(fv.config, fv.out, seeds, names)
     return 0

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lcmsm_jax import atomic
 from lcmsm_jax.data import labels as label_tables
 
 EVAL_CLASSES = ("cityscapes19", "synthia16")
@@ -159,8 +160,4 @@ def to_json_safe(value):
 def write_results(workdir: str | os.PathLike, tag: str, results: dict) -> Path:
     """Write `<workdir>/eval_<tag>.json` atomically; returns its path."""
     path = Path(workdir) / f"eval_{tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_json_safe(results), indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, json.dumps(to_json_safe(results), indent=1) + "\n")

@@ -25,9 +25,11 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from lcmsm_jax import compile_cache, evaluate, export, sharding
+from lcmsm_jax import compile_cache, evaluate, export, restore, sharding
 from lcmsm_jax.data import pngio
 from lcmsm_jax.data import transforms as T
+from lcmsm_jax.evaluator import global_batch_size
+from lcmsm_jax.progress import Progress, say
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -59,10 +61,10 @@ class Outcome:
     predicted: int = 0
     skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
 
-    def skip(self, path: Path, err: BaseException, log: Callable[[str], None]) -> None:
+    def skip(self, path: Path, err: BaseException) -> None:
         reason = f"{type(err).__name__}: {err}"
         self.skipped.append((path, reason))
-        log(f"lcmsm-predict: warning: skipping {path}: cannot be read ({reason})")
+        say(f"lcmsm-predict: warning: skipping {path}: cannot be read ({reason})")
 
     def summary(self) -> str:
         line = f"predicted {self.predicted} images"
@@ -73,11 +75,9 @@ class Outcome:
         return line
 
 
-def _readable(
-    paths: Sequence[Path], outcome: Outcome, log: Callable[[str], None]
-) -> tuple[list[Path], list[tuple[int, int]]]:
+def _readable(paths: Sequence[Path], outcome: Outcome) -> tuple[list[Path], list[tuple[int, int]]]:
     """The images whose header can be read and their (height, width); skips the others."""
-    kept, sizes = _read_each(paths, pngio.image_size, outcome, log)
+    kept, sizes = _read_each(paths, pngio.image_size, outcome)
     if not kept:
         first, reason = outcome.skipped[0]
         raise ValueError(
@@ -97,15 +97,8 @@ def _batches(
             yield size, [paths[j] for j in group[i : i + batch_size]]
 
 
-def _decode(
-    group: list[Path], outcome: Outcome, log: Callable[[str], None]
-) -> tuple[list[Path], list[np.ndarray]]:
-    """Decode a batch's images; the unreadable ones are skipped (and reported)."""
-    return _read_each(group, pngio.read_rgb, outcome, log)
-
-
 def _read_each(
-    paths: Sequence[Path], read: Callable[[str], object], outcome: Outcome, log
+    paths: Sequence[Path], read: Callable[[str], object], outcome: Outcome
 ) -> tuple[list[Path], list]:
     """(paths that `read` could read, what it returned); the others go to `outcome.skip`."""
     kept, values = [], []
@@ -113,7 +106,7 @@ def _read_each(
         try:
             values.append(read(str(path)))
         except pngio.DECODE_ERRORS as err:
-            outcome.skip(path, err, log)
+            outcome.skip(path, err)
             continue
         kept.append(path)
     return kept, values
@@ -129,7 +122,6 @@ def predict_images(
     weights: str | None = None,
     head: str | None = None,
     batch_size: int = 0,
-    log: Callable[[str], None] = print,
 ) -> Outcome:
     """Predict `paths` and write three PNGs per image to `out_dir`.
 
@@ -137,30 +129,23 @@ def predict_images(
     """
     compile_cache.enable(config.get("compile_cache_dir", ""))
     outcome = Outcome()
-    paths, sizes = _readable(paths, outcome, log)  # before loading weights: fails fast
-    weights = weights or config.eval.weights
-    head = head or config.eval.head
-    graphdef, params, batch_stats, step = evaluate.load_weights(
-        config, workdir, step=step, weights=weights
-    )
-    features = None
-    if head == "lcmsm":
-        text_params, embeddings = evaluate.text_inputs(
-            config, workdir, params, step=step, weights=weights
-        )
-        features = evaluate.project_text(graphdef, text_params, batch_stats, embeddings)
+    paths, sizes = _readable(paths, outcome)  # before loading weights: fails fast
+    run = restore.load_for_inference(config, workdir, step=step, weights=weights, head=head)
     mesh = sharding.make_mesh(config.mesh.data)
-    evaluator = evaluate.make_evaluator(config, graphdef, mesh, head=head)
-    batch = evaluate.global_batch_size(batch_size or config.data.eval.batch_size, mesh)
-    params, batch_stats, features = evaluator.put_weights(params, batch_stats, features)
+    evaluator = evaluate.make_evaluator(config, run.graphdef, mesh, head=run.head)
+    batch = global_batch_size(batch_size or config.data.eval.batch_size, mesh)
+    params, batch_stats, features = evaluator.put_weights(
+        run.params, run.batch_stats, run.text_features
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"predicting {len(paths)} images ({weights} weights, {head} head) into {out_dir}")
-    progress = evaluate.Progress("predict", len(paths), log)
+    say(f"predicting {len(paths)} images ({run.weights} weights, {run.head} head) into {out_dir}")
+    # The first batch's time includes compilation: the rate leaves it out.
+    progress = Progress("predict", len(paths), skip_first=True)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pending = []
         for size, group in _batches(paths, sizes, batch):
-            kept, images = _decode(group, outcome, log)
+            kept, images = _read_each(group, pngio.read_rgb, outcome)  # unreadable: skipped
             if images:
                 net_size = T.keep_ratio_size(*size, tuple(config.data.eval.scale))
                 inputs = np.zeros((batch, *net_size, 3), np.float32)  # padded to the full batch
@@ -185,19 +170,11 @@ def predict_images(
 def _define_flags(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "Run directory (training checkpoints or converted/).",
-                        flag_values=fv)  # fmt: skip
+    evaluate.define_weight_flags(fv)
     flags.DEFINE_string("images", None, "An image folder, or a glob such as 'dir/*.png'.",
                         flag_values=fv)  # fmt: skip
     flags.DEFINE_string("out", None, "Output folder for the trainId, colour and overlay PNGs.",
                         flag_values=fv)  # fmt: skip
-    flags.DEFINE_integer("step", None, "Training step (default: the latest).", flag_values=fv)
-    flags.DEFINE_enum("weights", None, list(evaluate.WEIGHTS),
-                      "student or EMA teacher weights (default: config.eval.weights).",
-                      flag_values=fv)  # fmt: skip
-    flags.DEFINE_enum("head", None, list(evaluate.HEADS),
-                      "decode or lcmsm head (default: config.eval.head).",
-                      flag_values=fv)  # fmt: skip
     flags.DEFINE_integer("batch_size", 0,
                          "Images per batch (default: config.data.eval.batch_size).",
                          flag_values=fv)  # fmt: skip
@@ -216,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             "lcmsm-predict", argv, _define_flags, required=("workdir", "images", "out"),
             description="Segment images with a run's weights. Unreadable images are skipped "
             "with a warning and counted: exit 0 when at least one image was predicted.",
+            examples=[
+                "lcmsm-predict --config configs/gta2cs_lcmsm.py --workdir runs/gta2cs "
+                "--images 'photos/*.jpg' --out predictions",
+                "lcmsm-predict --config configs/gta2cs_lcmsm.py --workdir runs/gta2cs "
+                "--images photos/ --out predictions --weights teacher --head lcmsm",
+            ],
         )  # fmt: skip
         config_checks.check_eval_config(fv.config, reads_dataset=False)
         if fv.batch_size < 0:
@@ -237,5 +220,5 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         # Missing images or checkpoints, a config value out of range: the message names it.
         return config_cli.report_failure("lcmsm-predict", err)
-    print(f"lcmsm-predict: {outcome.summary()}")
+    say(f"lcmsm-predict: {outcome.summary()}")
     return 0

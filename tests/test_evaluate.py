@@ -13,8 +13,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from lcmsm_jax import evaluate, export, inference, miou, models, predict, sharding
-from lcmsm_jax.data import labels, pipeline
+from lcmsm_jax import evaluate, export, inference, miou, models, predict, restore, sharding
+from lcmsm_jax.data import eval_source, labels, pipeline
+from lcmsm_jax.evaluator import Evaluator, InferenceSpec
 from lcmsm_jax.models import layers
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -311,7 +312,7 @@ def val_root(tmp_path_factory):
 def val_source(root):
     config = tiny_config()
     config.data.eval.root = str(root)
-    return evaluate.open_eval_source(config)
+    return eval_source.open_eval_source(config)
 
 
 def run_evaluation(evaluator, weights, source, *, batch_size, exporter=None):
@@ -326,7 +327,7 @@ def run_evaluation(evaluator, weights, source, *, batch_size, exporter=None):
             exporter(preds, indices)
 
     results = evaluator(params, stats, None, dataset, num_images=len(source),
-                        on_predictions=collect, log=None)  # fmt: skip
+                        on_predictions=collect, stream=None)  # fmt: skip
     return results, seen
 
 
@@ -339,7 +340,9 @@ def sharded_runs(val_root, tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("export")
     exporter = export.BenchmarkExporter(export_dir, export.benchmark_names(source, 6))
     # 6 images in batches of 8: two padding entries, one per device on the 8-device mesh.
-    evaluator8 = evaluate.make_evaluator(config, weights[0], sharding.make_mesh(8))
+    # The evaluator from arrays alone, and the one lcmsm-eval builds from the config.
+    spec = InferenceSpec.from_config(config.eval)
+    evaluator8 = Evaluator(weights[0], sharding.make_mesh(8), spec)
     eight = run_evaluation(evaluator8, weights, source, batch_size=8, exporter=exporter)
     exporter.close()
     evaluator1 = evaluate.make_evaluator(config, weights[0], sharding.make_mesh(1))
@@ -600,17 +603,17 @@ def test_training_checkpoints_by_step_and_weights(tmp_path):
         manager.save(step, args=ocp.args.Composite(**items))
     manager.close()
     same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))  # noqa: E731
-    _, params, _, step = evaluate.load_weights(config, tmp_path)
+    _, params, _, step = restore.load_weights(config, tmp_path)
     assert step == 20 and same(params, saved[20, "model"])
-    _, params, _, step = evaluate.load_weights(config, tmp_path, step=10, weights="teacher")
+    _, params, _, step = restore.load_weights(config, tmp_path, step=10, weights="teacher")
     assert step == 10 and same(params, saved[10, "teacher"])
     # The LC head's text projection comes from the student of the same step.
-    text_params, embeddings = evaluate.text_inputs(
+    text_params, embeddings = restore.text_inputs(
         config, tmp_path, params, step=10, weights="teacher"
     )
     assert same(text_params, saved[10, "model"]) and embeddings.shape == (19, 12)
     with pytest.raises(FileNotFoundError, match="has no step 30; available: \\[10, 20\\]"):
-        evaluate.load_weights(config, tmp_path, step=30)
+        restore.load_weights(config, tmp_path, step=30)
 
 
 def test_unlabelled_split_opens_for_export_only(tmp_path):
@@ -621,7 +624,7 @@ def test_unlabelled_split_opens_for_export_only(tmp_path):
     config.data.eval.root, config.data.eval.split, config.data.eval.max_images = (
         str(tmp_path), "test", 1,
     )  # fmt: skip
-    source = evaluate.open_eval_source(config)
+    source = eval_source.open_eval_source(config)
     assert len(source) == 1 and source.images == [
         "leftImg8bit/test/berlin/berlin_000000_000019_leftImg8bit.png"
     ]
@@ -644,9 +647,9 @@ def test_usage_errors_name_the_problem(tmp_path, capsys):
     assert f"{tmp_path / 'run'} has neither training checkpoints" in capsys.readouterr().out
     config = tiny_config()
     with pytest.raises(FileNotFoundError, match="neither training checkpoints"):
-        evaluate.load_weights(config, tmp_path)
+        restore.load_weights(config, tmp_path)
     with pytest.raises(ValueError, match="config.data.eval.root is empty"):
-        evaluate.open_eval_source(config)
+        eval_source.open_eval_source(config)
     with pytest.raises(ValueError, match="config.eval.mode"):
         config.eval.mode = "sliding"
-        evaluate.InferenceSpec.from_config(config.eval)
+        InferenceSpec.from_config(config.eval)

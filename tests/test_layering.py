@@ -32,7 +32,7 @@ LAYERS = {
     ),  # fmt: skip
     "data": 1,
     **dict.fromkeys(("models", "export", "miou", "visualize"), 2),
-    **dict.fromkeys(("uda", "inference", "clip_text"), 3),
+    **dict.fromkeys(("uda", "inference", "evaluator", "restore", "clip_text"), 3),
     **dict.fromkeys(("config_checks", "convert"), 4),
     **dict.fromkeys(("train", "evaluate", "predict"), 5),
     **dict.fromkeys(("ladder", "benchmark"), 6),

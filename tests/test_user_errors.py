@@ -364,7 +364,7 @@ def test_predict_with_no_readable_image_fails_before_loading_weights(tmp_path, c
 
 def test_predict_skips_unreadable_images(tmp_path, capsys, monkeypatch):
     """Two good images, a truncated one and a text file: the good ones are written."""
-    from lcmsm_jax import evaluate
+    from lcmsm_jax import evaluate, restore
 
     class Evaluator:  # stands in for the compiled model
         def put_weights(self, *weights):
@@ -373,7 +373,7 @@ def test_predict_skips_unreadable_images(tmp_path, capsys, monkeypatch):
         def predict(self, params, batch_stats, features, inputs, size):
             return np.zeros((len(inputs), *size), np.uint8)
 
-    monkeypatch.setattr(evaluate, "load_weights", lambda *a, **k: (None, {}, {}, None))
+    monkeypatch.setattr(restore, "load_weights", lambda *a, **k: (None, {}, {}, None))
     monkeypatch.setattr(evaluate, "make_evaluator", lambda *a, **k: Evaluator())
     images = tmp_path / "images"
     images.mkdir()
