@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 # read_state_dict: also used as convert.read_state_dict (lcmsm-train --config.train.pretrained).
+from lcmsm_jax.progress import say
 from lcmsm_jax.state_dicts import read_state_dict
 
 Array = np.ndarray
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if target.exists():  # checked first: converting a large checkpoint takes a while
         raise FileExistsError(f"{target} already exists; remove it or choose another --workdir")
     source = read_state_dict(flag_values.torch_checkpoint)
-    print(f"read {len(source)} tensors from {flag_values.torch_checkpoint}")
+    say(f"read {len(source)} tensors from {flag_values.torch_checkpoint}")
     options = dict(weights=flag_values.weights, strict=flag_values.strict)
 
     def build() -> models.Segmentor:
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         check_filled(report, flag_values.torch_checkpoint)
     model = build()
     report = load_torch_state_dict(model, source, **options)
-    print(report.summary())
+    say(report.summary())
     checkpoint.save_model(
         target,
         model,
@@ -452,5 +453,5 @@ def main(argv: list[str] | None = None) -> int:
             "config": json.loads(config.to_json_best_effort()),
         },
     )
-    print(f"wrote {target}")
+    say(f"wrote {target}")
     return 0

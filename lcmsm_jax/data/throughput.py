@@ -129,8 +129,3 @@ def benchmark(
         "target_images_per_s": tgt,
         "pair_images_per_s": 2.0 / (1.0 / src + 1.0 / tgt),
     }
-
-
-if __name__ == "__main__":
-    for key, value in benchmark().items():
-        print(f"{key}: {value:.1f}")
