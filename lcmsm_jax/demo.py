@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fv, warnings = train.parse_command(
             PROG, argv, "Train a run, then the methods of config.train.compare_with, and "
-            "compare their target mIoU."
+            "compare their target mIoU.",
+            examples=[
+                f"{PROG} --config configs/demo.py --workdir runs/demo",
+                f"{PROG} --config configs/demo.py --workdir runs/demo_s1 --config.seed=1",
+            ],
         )  # fmt: skip
         config = fv.config
         if not config.train.compare_with:

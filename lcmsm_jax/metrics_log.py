@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from lcmsm_jax import atomic, progress
+
 
 class MetricsLog:
     """Appends one JSON line per record and mirrors scalars to TensorBoard.
@@ -69,9 +71,7 @@ def drop_after(path: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        partial = path.with_name(path.name + ".tmp")
-        partial.write_text("".join(kept))
-        os.replace(partial, path)
+        atomic.write_text(path, "".join(kept))
     return dropped
 
 
@@ -113,11 +113,5 @@ class Progress:
         return (
             f"step {step}/{self.total} {losses}{extra} lr={metrics['lr']:.3e} "
             f"| {self.images_per_step / seconds_per_step:.2f} img/s "
-            f"| ETA {_format_seconds(eta)}"
+            f"| ETA {progress.format_seconds(eta)}"
         )
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

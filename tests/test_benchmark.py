@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lcmsm_jax import benchmark
+from lcmsm_jax.bench import measure
 from lcmsm_jax.data import pipeline
 
 ROOT = Path(__file__).parents[1]
@@ -78,13 +79,13 @@ def test_data_throughput_per_worker_count(tmp_path):
 
 
 def test_peak_table_and_cost_analysis_formats():
-    assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-    assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 67e12
-    assert benchmark.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
-    assert benchmark.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 19.5e12
-    assert benchmark.peak_flops("TPU v5 lite", "bfloat16") == 197e12
-    assert benchmark.peak_flops("cpu", "float32") is None
-    figures = benchmark.throughput_figures(312e12, 2.0, "NVIDIA A100-SXM4-80GB", "bfloat16")
+    assert measure.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert measure.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 67e12
+    assert measure.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert measure.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 19.5e12
+    assert measure.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+    assert measure.peak_flops("cpu", "float32") is None
+    figures = measure.throughput_figures(312e12, 2.0, "NVIDIA A100-SXM4-80GB", "bfloat16")
     assert figures["utilisation"] == pytest.approx(0.5)
 
     class Compiled:  # jax versions return a dict or a list of per-computation dicts
@@ -94,9 +95,9 @@ def test_peak_table_and_cost_analysis_formats():
         def cost_analysis(self):
             return self.analysis
 
-    assert benchmark.compiled_cost(Compiled({"flops": 5.0}))["flops"] == 5.0
-    assert benchmark.compiled_cost(Compiled([{"flops": 2.0}, {"flops": 3.0}]))["flops"] == 5.0
-    assert benchmark.compiled_cost(Compiled(None))["flops"] is None
+    assert measure.compiled_cost(Compiled({"flops": 5.0}))["flops"] == 5.0
+    assert measure.compiled_cost(Compiled([{"flops": 2.0}, {"flops": 3.0}]))["flops"] == 5.0
+    assert measure.compiled_cost(Compiled(None))["flops"] is None
 
 
 def test_device_check_tiny_mode_runs_on_cpu(tmp_path):

@@ -24,8 +24,8 @@ LAYERS = {
             "metrics_log",
             "methods",
             "optim",
-            "state_dicts",
             "progress",
+            "state_dicts",
             "text",
         ),
         0,
@@ -34,8 +34,8 @@ LAYERS = {
     **dict.fromkeys(("models", "export", "miou", "visualize"), 2),
     **dict.fromkeys(("uda", "inference", "evaluator", "restore", "clip_text"), 3),
     **dict.fromkeys(("config_checks", "convert"), 4),
-    **dict.fromkeys(("train", "evaluate", "predict"), 5),
-    **dict.fromkeys(("ladder", "benchmark"), 6),
+    **dict.fromkeys(("train", "guards", "run_state", "evaluate", "predict"), 5),
+    **dict.fromkeys(("ladder", "benchmark", "bench"), 6),
     **dict.fromkeys(("demo", "cli"), 7),
 }
 

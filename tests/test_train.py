@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcmsm_jax import train
+from lcmsm_jax import guards, train
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "base.py")
 TINY = [
@@ -138,5 +138,5 @@ def test_non_finite_loss_stops_without_saving(tmp_path):
             return 40
 
     with pytest.raises(train.NonFiniteLossError, match=r"step 41.*last good checkpoint is step 40"):
-        train._check_finite({"loss/total": float("nan"), "loss/source": 1.0}, 41, Manager())
-    train._check_finite({"loss/total": 1.0, "lr": float("nan")}, 41, Manager())
+        guards.check_finite({"loss/total": float("nan"), "loss/source": 1.0}, 41, Manager())
+    guards.check_finite({"loss/total": 1.0, "lr": float("nan")}, 41, Manager())

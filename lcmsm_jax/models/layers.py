@@ -75,7 +75,7 @@ def resolve_depthwise_impl(impl: str) -> str:
 
     XLA:CPU runs grouped convolutions (`feature_group_count=C`) far slower than a sum of
     k*k shifted, scaled copies of the input; on GPU/TPU the convolution is the fast one.
-    `tools/benchmark.py --depthwise` measures both on the machine at hand.
+    `lcmsm-benchmark --config C.py --what depthwise` measures both on the machine at hand.
     """
     if impl not in DEPTHWISE_IMPLS:
         raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")

@@ -1,0 +1,183 @@
+"""Training-side timings: the jitted LC-MSM train step of a config, and the Segmentor's
+forward + backward alone (next to transformers' SegFormer with --compare-torch)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lcmsm_jax import models
+from lcmsm_jax.bench import torch_segformer
+from lcmsm_jax.bench.inputs import synthetic_batch
+from lcmsm_jax.bench.measure import (
+    alternate,
+    compiled_cost,
+    compiled_memory,
+    peak_memory,
+    record,
+    throughput_figures,
+    time_call,
+)
+
+# --------------------------------------------------------------------------- the train step
+
+
+def build_train_step(config: ml_collections.ConfigDict, *, seed: int = 0):
+    """The jitted train step of `config` as `lcmsm-train` builds it (state donated), its
+    initial state and a synthetic batch of the config's crop and batch size."""
+    from lcmsm_jax import optim, text
+    from lcmsm_jax.uda import step as uda_step
+
+    model = models.Segmentor(config.model, rngs=nnx.Rngs(seed))
+    graphdef, params, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+    imnet_graphdef = nnx.split(model.backbone)[0]
+    tx, schedule = optim.make_optimizer(config.optim, params.to_pure_dict(), config.train.steps)
+    embeddings = text.random_embeddings(seed, config.model.num_classes, config.model.text_dim)
+    state = uda_step.init_state(model, tx, embeddings)
+    step_fn = uda_step.make_train_step(
+        config, graphdef, imnet_graphdef, tx, schedule, with_images=config.train.image_every > 0
+    )
+    batch = synthetic_batch(config.data.batch_size, tuple(config.data.crop_size), seed)
+    return jax.jit(step_fn, donate_argnums=(0,)), state, batch
+
+
+def benchmark_step(config: ml_collections.ConfigDict, *, repeats: int, warmup: int) -> dict:
+    """Compile and time `train_step` on one device (see `lcmsm_jax/benchmark.py`)."""
+    batch_size, (height, width) = config.data.batch_size, tuple(config.data.crop_size)
+    device = jax.local_devices()[0]
+    result = record(
+        "step",
+        config.model.dtype,
+        f"{config.model.backbone}, {batch_size}+{batch_size} images {height}x{width}",
+        device,
+    )
+    jitted, state, batch = build_train_step(config)
+    # On the device beforehand, as lcmsm-train's batches are: no host transfer is timed.
+    batch, rng = jax.device_put((batch, jax.random.key(0)), device)
+    start = time.perf_counter()
+    lowered = jitted.lower(state, batch, rng)
+    # Tracing + lowering run in Python in every process; only XLA's part can come from the
+    # persistent compilation cache (lcmsm_jax/compile_cache.py).
+    result["trace_lower_s"] = time.perf_counter() - start
+    compiled = lowered.compile()
+    result["compile_s"] = time.perf_counter() - start
+    result["xla_compile_s"] = result["compile_s"] - result["trace_lower_s"]
+    result.update(compiled_cost(compiled))
+    result.update(compiled_memory(compiled))
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, rng)  # the state is donated: rebind it
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    result["step_s"] = float(np.median(times))
+    result["step_s_min"], result["step_s_max"] = min(times), max(times)
+    result["repeats"] = repeats
+    result["images_per_s"] = 2 * batch_size / result["step_s"]
+    result["loss_total"] = float(metrics["loss/total"])
+    result["with_images"] = bool(config.train.image_every > 0)
+    result.update(throughput_figures(result["flops"], result["step_s"], device.device_kind,
+                                     config.model.dtype))  # fmt: skip
+    result.update(peak_memory(device))
+    return result
+
+
+# --------------------------------------------------------------------------- segmentor fwd+bwd
+
+
+def jax_train_pass(
+    model_config: ml_collections.ConfigDict,
+    batch: int,
+    size: Sequence[int],
+    heads: Sequence[str],
+) -> tuple[Callable[[], object], object, float]:
+    """Forward + backward of the Segmentor (training mode, CE on each head), compiled.
+
+    Returns (run, compiled, compile seconds); `run()` gives (loss, new batch stats), grads.
+    """
+    from lcmsm_jax.uda import losses
+
+    model = models.Segmentor(model_config, rngs=nnx.Rngs(0))
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params, batch_stats = params.to_pure_dict(), batch_stats.to_pure_dict()
+    data = synthetic_batch(batch, size)
+    images, labels = data["source_image"], data["source_label"]
+    text = jax.random.normal(
+        jax.random.key(1), (model_config.num_classes, model_config.text_dim), jnp.float32
+    )
+
+    def loss_fn(params, batch_stats, images, labels, text, rng):
+        net = nnx.merge(graphdef, params, batch_stats)
+        out = net(images, text, train=True, rng=rng, heads=tuple(heads))
+        loss = sum(losses.cross_entropy(out[head], labels) for head in heads)
+        return loss, nnx.state(net, nnx.BatchStat).to_pure_dict()
+
+    args = jax.device_put((params, batch_stats, images, labels, text, jax.random.key(2)))
+    start = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    return (lambda: compiled(*args)), compiled, compile_s
+
+
+def _train_pass_result(what, config_model, batch, size, heads, repeats, warmup) -> dict:
+    device = jax.local_devices()[0]
+    shapes = f"{config_model.backbone}, batch {batch} {size[0]}x{size[1]}, heads {'+'.join(heads)}"
+    result = record(what, config_model.dtype, shapes, device)
+    run, compiled, result["compile_s"] = jax_train_pass(config_model, batch, size, heads)
+    result.update(compiled_cost(compiled))
+    result.update(compiled_memory(compiled))
+    result["step_s"] = time_call(run, repeats=repeats, warmup=warmup)
+    result["repeats"] = repeats
+    result["images_per_s"] = batch / result["step_s"]
+    result.update(throughput_figures(result["flops"], result["step_s"], device.device_kind,
+                                     config_model.dtype))  # fmt: skip
+    result.update(peak_memory(device))
+    result["_run"] = run
+    return result
+
+
+def benchmark_segmentor(
+    config: ml_collections.ConfigDict,
+    *,
+    batch: int,
+    size: Sequence[int],
+    repeats: int,
+    warmup: int,
+    compare_torch: bool,
+) -> dict:
+    """Forward + backward of the Segmentor with both heads, and with --compare-torch
+    SegFormer (all-MLP head) in JAX next to transformers' in PyTorch."""
+    results = {"lcmsm": _train_pass_result("segmentor", config.model, batch, size,
+                                           ("decode", "lcmsm"), repeats, warmup)}  # fmt: skip
+    if compare_torch:
+        same, decoder_dim = torch_segformer.segformer_twin(config.model)
+        ours = _train_pass_result("segformer", same, batch, size, ("decode",), repeats, warmup)
+        theirs, torch_flops = torch_segformer.train_fn(
+            config.model.backbone, batch, size, decoder_dim, config.model.dtype
+        )
+        ours_s, theirs_s = alternate(ours["_run"], theirs, repeats)
+        ours.update(step_s=ours_s, images_per_s=batch / ours_s)
+        ours.update(throughput_figures(ours["flops"], ours_s, ours["device_kind"],
+                                       config.model.dtype))  # fmt: skip
+        import torch
+
+        ours["torch"] = {
+            "device": str(torch_segformer.torch_device()),
+            "threads": torch.get_num_threads(),
+            "autocast_bf16": config.model.dtype == "bfloat16",
+            "step_s": theirs_s,
+            "images_per_s": batch / theirs_s,
+            "flops": torch_flops,
+        }
+        ours["torch_over_ours"] = theirs_s / ours_s
+        results["segformer"] = ours
+    for result in results.values():
+        result.pop("_run")
+    return results
