@@ -181,7 +181,7 @@ class Evaluator:
         weights = self.put_weights(params, batch_stats, text_features)
         total = jax.device_put(miou.zero_counts(self.num_classes), self.replicated)
         # The first batch's time includes compilation: the rate leaves it out.
-        progress = Progress("eval", num_images, stream=stream, skip_first=True)
+        progress = Progress("eval", num_images, stream=stream, skip_first=True, tenths=False)
         images = 0
         for local in dataset:
             batch = {

@@ -141,7 +141,7 @@ def predict_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     say(f"predicting {len(paths)} images ({run.weights} weights, {run.head} head) into {out_dir}")
     # The first batch's time includes compilation: the rate leaves it out.
-    progress = Progress("predict", len(paths), skip_first=True)
+    progress = Progress("predict", len(paths), skip_first=True, tenths=False)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pending = []
         for size, group in _batches(paths, sizes, batch):

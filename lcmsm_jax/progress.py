@@ -36,10 +36,10 @@ class Progress:
     """`title: done/total unit (pct), rate unit/s, ETA` for a loop over `total` items.
 
     On a terminal the line is rewritten in place (at most 4 times a second); otherwise a line
-    is printed every `every_s` seconds and at each tenth of the total, so a log file gets a
-    bounded number of lines. `finish()` prints the final line. With `skip_first` the rate
-    leaves out the first update, which includes compilation. `stream` is a text file,
-    "stdout" (sys.stdout when the Progress is made) or None (silent).
+    is printed every `every_s` seconds and (with `tenths`) at each tenth of the total, so a
+    log file gets a bounded number of lines. `finish()` prints the final line. With
+    `skip_first` the rate leaves out the first update, which includes compilation. `stream`
+    is a text file, "stdout" (sys.stdout when the Progress is made) or None (silent).
 
         progress = Progress("eval", total=500, unit="images")
         for batch in batches:
@@ -57,12 +57,13 @@ class Progress:
         stream: TextIO | None | str = "stdout",
         every_s: float = 10.0,
         skip_first: bool = False,
+        tenths: bool = True,
     ):
         self.title, self.total, self.unit, self.every_s = title, total, unit, every_s
         if stream == "stdout":
             stream = sys.stdout  # looked up now, so redirections made later apply
         self.stream = stream if is_main_process() else None
-        self.skip_first = skip_first
+        self.skip_first, self.tenths = skip_first, tenths
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.done = self.first = 0
         self.created = self.start = self.last = time.monotonic()
@@ -94,7 +95,7 @@ class Progress:
         self.done = min(self.done + n, self.total) if self.total else self.done + n
         if self.stream is None:
             return
-        tenths = self.done * 10 // self.total if self.total else 0
+        tenths = self.done * 10 // self.total if self.total and self.tenths else 0
         if self.tty:
             due = now - self.last >= 0.25
         else:

@@ -39,6 +39,12 @@ def test_progress_prints_a_bounded_number_of_lines(monkeypatch):
     assert len(lines) == 10 and "\r" not in stream.getvalue()
     assert lines[0].startswith("eval: 100/1000 images (10%)") and "ETA" in lines[0]
     assert lines[-1].startswith("eval: 1000/1000 images (100%)") and "ETA" not in lines[-1]
+    # Without tenths a log gets a line every `every_s` seconds and the final one only.
+    stream = io.StringIO()
+    bar = progress.Progress("eval", total=1000, stream=stream, every_s=1e9, tenths=False)
+    bar.update(1000)
+    bar.finish()
+    assert stream.getvalue().count("\n") == 1
     quiet = progress.Progress("eval", total=10, stream=None)
     quiet.update(10)
     quiet.finish()
