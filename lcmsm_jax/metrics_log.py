@@ -87,8 +87,9 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-class Progress:
-    """One line per logging step: step, losses, lr, images/s and ETA."""
+class TrainingLine:
+    """The console line of a logging step: step, losses, lr, images/s since the last line
+    and ETA (printed with `progress.say`)."""
 
     def __init__(self, total_steps: int, start_step: int, images_per_step: int):
         self.total = total_steps

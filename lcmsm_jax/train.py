@@ -221,7 +221,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
     # ------------------------------------------------------------------ loop
     rng = jax.random.key(config.seed)
     steps = config.train.steps
-    steps_done = metrics_log.Progress(steps, start, 2 * config.data.batch_size)
+    steps_done = metrics_log.TrainingLine(steps, start, 2 * config.data.batch_size)
     watch = LossWatch()
     describe = functools.partial(_batch_names, config, target_labels=target_labels)
     last, results = {}, {}
