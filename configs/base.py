@@ -73,6 +73,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.target.tfds_data_dir = ""
     data.target.scale = (1024, 512)
     data.target.sampling = "uniform"  # the reference draws target images with replacement
+    # Pseudo-label margins (top, bottom, left, right) in pixels of the loaded target image:
+    # non-zero adds the batch key "target_valid" (docs/method.md §5.7; HRDA: (30, 240, 30, 30)).
+    data.target.pseudo_margins = (0, 0, 0, 0)
 
     data.eval = ml_collections.ConfigDict()
     data.eval.dataset = "cityscapes"
@@ -85,6 +88,35 @@ def data_config() -> ml_collections.ConfigDict:
     data.synthetic = ml_collections.ConfigDict()  # used when a dataset is "synthetic"
     data.synthetic.size = (256, 512)  # (height, width) of rendered scenes
     data.synthetic.num_images = 2000  # images per domain and split
+    # default | far_objects: adds small people, riders, bikes, poles, signs and lights far
+    # down the street (lcmsm_jax/data/synthetic/build.py), for multi-resolution training.
+    data.synthetic.variant = "default"
+    return data
+
+
+# HRDA's source resize per source dataset (keep-ratio fit, docs/method.md §5.7).
+HR_SOURCE_SCALES = {"gta5": (2560, 1440), "synthia": (2560, 1520)}
+
+
+def hr_data_config(source: str = "gta5") -> ml_collections.ConfigDict:
+    """HRDA's multi-resolution data settings (docs/method.md §5.7), GTA5 or SYNTHIA ->
+    Cityscapes: sources at twice DAFormer's scale, Cityscapes at its native 2048 x 1024,
+    1024 x 1024 crops, RCS crop ratio 2.0 (a crop needs over 3000 * 2 = 6000 pixels of the
+    sampled class), pseudo-label margins (30, 240, 30, 30), evaluation at 2048 x 1024."""
+    if source not in HR_SOURCE_SCALES:
+        raise ValueError(
+            f"hr_data_config: source {source!r}, expected one of {tuple(HR_SOURCE_SCALES)}"
+        )
+    data = data_config()
+    data.crop_size = (1024, 1024)
+    data.source.dataset = source
+    data.source.scale = HR_SOURCE_SCALES[source]  # GTA5 1914 x 1052 -> 2560 x 1407
+    data.source.rcs_min_crop_ratio = 2.0  # DAFormer's 0.5 times 2**2: four times the pixels
+    data.target.scale = (2048, 1024)
+    data.target.pseudo_margins = (30, 240, 30, 30)
+    data.eval.scale = (2048, 1024)
+    if source == "synthia":
+        data.eval_classes = "synthia16"
     return data
 
 

@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from lcmsm_jax import inference, methods, miou
 from lcmsm_jax.config_cli import UsageError
-from lcmsm_jax.data import sources, tfds_source, transforms
+from lcmsm_jax.data import sources, synthetic, tfds_source, transforms
 from lcmsm_jax.models import heads, layers, mit, segmentor
 
 
@@ -107,6 +107,7 @@ def _model_choices() -> dict[str, Sequence[str]]:
 def _eval_choices() -> dict[str, Sequence[str]]:
     return {
         "data.eval.dataset": (*sources.LAYOUTS, "synthetic"),
+        "data.synthetic.variant": synthetic.VARIANTS,
         "data.eval_classes": miou.EVAL_CLASSES,
         "eval.mode": inference.MODES,
         "eval.head": segmentor.HEAD_NAMES,
@@ -192,6 +193,8 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
             "uda.color_jitter_apply_probability", "data.source.cat_max_ratio",
         ),
     )  # fmt: skip
+    _check_crop_ratio(config)
+    _check_margins(config)
     _check_splits(config)
     _check_tfds(config)
     _check_files(config)
@@ -203,6 +206,44 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
             "the learning rate never reaches config.optim.lr"
         )
     return warnings
+
+
+def _check_crop_ratio(config) -> None:
+    key = "data.source.rcs_min_crop_ratio"
+    try:
+        value = _lookup(config, key)
+    except KeyError:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _bad(key, value, "a number >= 0 (0.5 for 512 crops, 2.0 for HRDA's 1024 crops)",
+                   "0.5")  # fmt: skip
+
+
+def _check_margins(config) -> None:
+    """data.target.pseudo_margins: four integers >= 0 (top, bottom, left, right) that leave
+    part of the target images (at their native size, where it is known) valid."""
+    key = "data.target.pseudo_margins"
+    try:
+        value = _lookup(config, key)
+    except KeyError:
+        return
+    example = "'(30, 240, 30, 30)'"
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 4
+        or not all(_is_int(v) and v >= 0 for v in value)
+    ):
+        expected = "four integers >= 0: top, bottom, left and right margins in pixels"
+        raise _bad(key, value, expected, example)
+    target = config.data.target
+    native = _native_size(config, target)
+    top, bottom, left, right = value
+    if native is not None and (top + bottom >= native[0] or left + right >= native[1]):
+        expected = (
+            f"margins that leave part of the {target.dataset} images ({native[1]} x "
+            f"{native[0]}, width x height, before resizing) valid"
+        )
+        raise _bad(key, value, expected, example)
 
 
 def _domains(config) -> list[tuple[str, bool]]:
@@ -303,6 +344,13 @@ _NATIVE_SIZES = {
 }
 
 
+def _native_size(config, domain) -> tuple[int, int] | None:
+    """(height, width) of a domain's images before resizing, where known."""
+    if domain.dataset == "synthetic":
+        return tuple(config.data.synthetic.size)
+    return _NATIVE_SIZES.get(domain.dataset)
+
+
 def _crop_warnings(config) -> list[str]:
     """Crops larger than the resized images: an error when no crop dimension fits (every
     crop would be mostly padding, e.g. a crop given at native resolution), else a warning
@@ -312,10 +360,7 @@ def _crop_warnings(config) -> list[str]:
     warnings = []
     for key in ("data.source", "data.target"):
         domain = _lookup(config, key)
-        if domain.dataset == "synthetic":
-            native = tuple(config.data.synthetic.size)
-        else:
-            native = _NATIVE_SIZES.get(domain.dataset)
+        native = _native_size(config, domain)
         if native is None:
             continue
         resized = transforms.keep_ratio_size(*native, tuple(domain.scale))

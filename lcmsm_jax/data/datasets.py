@@ -41,6 +41,7 @@ def open_domain(
             size=tuple(data.synthetic.size),
             seed=seed + _SYNTHETIC_SPLIT_SEEDS.get(domain.split, 0),
             labels=labels_wanted,
+            variant=data.synthetic.get("variant", "default"),
         )
     if domain.get("format", "files") == "tfds":
         return tfds_source.open_tfds(
@@ -75,6 +76,7 @@ def train_iterators(
     """(source iterator, target iterator) of this process's share of each global batch.
 
     `target_labels` loads target labels too (only the target-supervised oracle uses them).
+    Target batches carry "target_valid" when config.data.target.pseudo_margins is non-zero.
     The global batch (its images, their order and crops) is the same for any process count
     (`pipeline.BlockDraws`); process_index / process_count default to this process's (tests
     name others).
@@ -120,6 +122,7 @@ def train_iterators(
         scale=tuple(data.target.scale),
         cat_max_ratio=1.0,
         sampling=data.target.sampling,
+        pseudo_margins=tuple(data.target.get("pseudo_margins", (0, 0, 0, 0))),
         **common,
     )
     return iter(source_ds), iter(target_ds)

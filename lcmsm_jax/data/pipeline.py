@@ -10,7 +10,8 @@ Source and target are separate streams (different names), hence independent.
 
 Batches are dicts of numpy arrays:
   train: image [B, h, w, 3] float32 normalised, label [B, h, w] int32 (255 = ignore; only if
-         the source has labels), index [B] int32 (image index in the source)
+         the source has labels), index [B] int32 (image index in the source), target_valid
+         [B, h, w] uint8 (1 where pseudo-labels count; only with non-zero pseudo_margins)
   eval:  image [B, h, w, 3] float32 (keep-ratio resized), label [B, H, W] int32 at native
          resolution, valid [B] bool (False on padding), index [B] int32 (-1 on padding)
 
@@ -55,12 +56,17 @@ def train_view(
     rare_class: int | None = None,
     min_class_pixels: float = 0.0,
     max_retries: int = 10,
+    pseudo_margins: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> dict[str, np.ndarray]:
     """Resize, crop (cat_max_ratio), flip, normalise and pad one image `[H, W, 3]` uint8.
 
     With `rare_class`, the crop + flip is re-drawn up to `max_retries` times until the crop
-    holds more than `min_class_pixels` pixels of it; the last draw is kept regardless.
-    Returns image `[h, w, 3]` float32 and label `[h, w]` int32 (h, w = crop_size).
+    holds more than `min_class_pixels` pixels of it (counted in the resized crop); the last
+    draw is kept regardless.
+    Returns image `[h, w, 3]` float32 and label `[h, w]` int32 (h, w = crop_size). Non-zero
+    `pseudo_margins` (top, bottom, left, right) add target_valid `[h, w]` uint8: the margin
+    mask made at the image's own size, resized (nearest), cropped and flipped with the image
+    and padded with 0 (docs/method.md §5.7).
     """
     size = T.keep_ratio_size(*image.shape[:2], scale)
     full_label = None if label is None else T.resize_label(label, size)
@@ -77,13 +83,20 @@ def train_view(
     # Only the accepted window of the image is ever resampled.
     crop_image = T.resize_image(image, size, box)
     crop_label = None if full_label is None else full_label[box.slices()]
+    crop_valid = None
+    if any(pseudo_margins):  # draws nothing: the crops and flips stay those of no margins
+        valid = T.valid_margin_mask(*image.shape[:2], pseudo_margins)
+        crop_valid = T.resize_label(valid, size, box)
     if flip:
         crop_image = crop_image[:, ::-1]
         crop_label = None if crop_label is None else crop_label[:, ::-1]
+        crop_valid = None if crop_valid is None else crop_valid[:, ::-1]
     crop_image, crop_label = T.pad(crop_image, crop_label, crop_size)
     view = {"image": T.normalize(crop_image)}
     if crop_label is not None:
         view["label"] = crop_label.astype(np.int32)
+    if crop_valid is not None:
+        view["target_valid"] = np.ascontiguousarray(T.pad_mask(crop_valid, crop_size))
     return view
 
 
@@ -216,6 +229,7 @@ def train_dataset(
     rcs_min_pixels: int = 3000,
     rcs_min_crop_ratio: float = 0.5,
     sampling: str = "epoch",
+    pseudo_margins: tuple[int, int, int, int] = (0, 0, 0, 0),
     num_threads: int = 2,
     prefetch_batches: int = 4,
     worker_count: int = 0,
@@ -231,12 +245,16 @@ def train_dataset(
     sampling: without RCS, "epoch" (a fresh permutation per pass) or "uniform" (with
       replacement, as the reference draws its target images).
     cat_max_ratio: 0.75 for the source, 1.0 (no check) for the target.
+    pseudo_margins: (top, bottom, left, right) rows / columns of each loaded image whose
+      pseudo-labels do not count (HRDA: (30, 240, 30, 30)); non-zero adds "target_valid".
     num_threads / worker_count: reader threads per process / grain worker processes (0 = none).
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if sampling not in ("epoch", "uniform"):
         raise ValueError(f"sampling must be 'epoch' or 'uniform', got {sampling!r}")
+    if len(pseudo_margins) != 4 or min(pseudo_margins) < 0:
+        raise ValueError(f"pseudo_margins must be 4 numbers >= 0, got {pseudo_margins!r}")
     sampler = None
     if class_counts is not None:
         if len(class_counts) != len(source):
@@ -247,6 +265,7 @@ def train_dataset(
         crop_size=tuple(crop_size),
         cat_max_ratio=cat_max_ratio,
         flip_prob=flip_prob,
+        pseudo_margins=tuple(int(m) for m in pseudo_margins),
     )
     example = TrainExample(
         source,

@@ -1,5 +1,5 @@
-"""Per-image numpy transforms: keep-ratio resize, crop, flip, normalise, pad (docs/method.md
-§5.1, §5.4).
+"""Per-image numpy transforms: keep-ratio resize, crop, flip, normalise, pad, and the
+pseudo-label margin mask (docs/method.md §5.1, §5.4, §5.7).
 
 Sizes are `(height, width)` throughout. Images are uint8 `[H, W, 3]` RGB until `normalize`;
 labels are uint8 `[H, W]` trainIds with 255 = ignore.
@@ -137,6 +137,24 @@ def crop_box_with_cat_max_ratio(
             break
         box = random_box(*label.shape, crop, rng)
     return box
+
+
+def valid_margin_mask(height: int, width: int, margins: tuple[int, int, int, int]) -> np.ndarray:
+    """uint8 `[height, width]`: 1, except 0 in `margins` = (top, bottom, left, right) rows
+    and columns at the borders (HRDA's `valid_pseudo_mask`, docs/method.md §5.7).
+
+    Made at the size of the loaded image, before any resize; a margin of 0 zeroes nothing.
+    """
+    top, bottom, left, right = (int(m) for m in margins)
+    mask = np.zeros((height, width), np.uint8)
+    mask[top : max(height - bottom, top), left : max(width - right, left)] = 1
+    return mask
+
+
+def pad_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad a 0/1 mask `[H, W]` bottom/right to at least `size` with 0: padding is never valid."""
+    extra_h, extra_w = max(size[0] - mask.shape[0], 0), max(size[1] - mask.shape[1], 0)
+    return np.pad(mask, ((0, extra_h), (0, extra_w)))
 
 
 def normalize(image: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ Two domains share the scene grammar but not the look:
             textures, sensor noise, vignetting and lens blur; lower camera, more people
             and greenery, sometimes the ego hood.
 Shape and context carry over between the domains, colour does not, which is the gap domain
-adaptation has to close.
+adaptation has to close. The "far_objects" variant (`variant=` of `render`, `SyntheticSource`)
+adds people, riders, bikes and poles with signs and lights far down the street, a few pixels
+tall at half resolution, for multi-resolution training (rendered e.g. at 512 x 1024).
 
 Rendering is pure numpy: scenes are painted back to front as convex polygons and ellipses
 (scanline spans) into a part-id map; the label is a lookup of the part map and the image
@@ -59,6 +61,7 @@ from lcmsm_jax.data.synthetic.scene import (
     DEFAULT_SIZE,
     DOMAINS,
     LAYOUTS,
+    VARIANTS,
     DomainLayout,
     Scene,
     Street,
@@ -74,6 +77,7 @@ __all__ = [
     "LAYOUTS",
     "LOOKS",
     "TEXTURES",
+    "VARIANTS",
     "Camera",
     "Canvas",
     "DomainLayout",

@@ -1,5 +1,6 @@
 """`build_scene`: where the objects of one scene go (lanes, sidewalks, depths), drawn far to
-near, then rasterised into the part-id map.
+near, then rasterised into the part-id map; the "far_objects" variant adds small objects far
+down the street.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ from lcmsm_jax.data.synthetic.scene import (
     LAYOUTS,
     Scene,
     _check_domain,
+    _check_variant,
     _make_street,
 )  # fmt: skip
+
+# Poisson means per image of the "far_objects" variant's additions, per domain.
+FAR_COUNTS = {
+    "source": dict(persons=16.0, riders=5.0, bikes=4.0, poles=8.0),
+    "target": dict(persons=20.0, riders=6.0, bikes=5.0, poles=10.0),
+}
+FAR_DEPTH = 60.0  # metres: the nearest far object; the farthest stand 4 m before the street ends
 
 
 class _Lanes:
@@ -77,14 +86,17 @@ def _place_vehicles(sc: Scene, lanes: _Lanes, track: int | None) -> None:
             sc.defer(z, functools.partial(_car, sc, x, z))
 
 
+def _on_sidewalk(sc: Scene, side: int, margin: float = 0.4) -> float:
+    """A lateral position on the sidewalk of `side` (0 left, 1 right), off its lawn strip."""
+    st = sc.street
+    sign, edge = (-1, 1)[side], st.road[side]
+    return edge + sign * sc.u(st.lawn[side] + margin, abs(st.curb[side] - edge) - margin)
+
+
 def _place_people(sc: Scene) -> None:
     """Pedestrians, cyclists, parked bikes, poles and street trees."""
     st, counts = sc.street, sc.layout.counts
-
-    def on_sidewalk(side: int, margin: float = 0.4) -> float:
-        sign, edge = (-1, 1)[side], st.road[side]
-        return edge + sign * sc.u(st.lawn[side] + margin, abs(st.curb[side] - edge) - margin)
-
+    on_sidewalk = functools.partial(_on_sidewalk, sc)
     for _ in range(int(sc.rng.poisson(counts["persons"]))):
         side = sc.pick(2)
         if sc.chance(0.15):
@@ -114,8 +126,58 @@ def _place_people(sc: Scene) -> None:
         sc.defer(z + 0.5, functools.partial(_tree, sc, x, z))
 
 
-def build_scene(domain: str, index: int, seed: int = 0, size=DEFAULT_SIZE) -> Scene:
-    """Lay out and rasterise scene `index` of `domain`: labels only, no colours yet."""
+class _OwnStream:
+    """Runs draws on a scene from their own random stream, so that adding them leaves every
+    other random draw of the scene, and so its default layout, unchanged."""
+
+    def __init__(self, sc: Scene, rng: np.random.Generator):
+        self.sc, self.stream = sc, (rng, [])
+
+    def __call__(self, draw) -> None:
+        self.stream = self.sc.swap_stream(self.stream)
+        try:
+            draw()
+        finally:
+            self.stream = self.sc.swap_stream(self.stream)
+
+
+def _place_far_objects(sc: Scene, counts: dict[str, float], z_end: float, own: _OwnStream):
+    """Pedestrians, riders, parked bikes and poles (with signs and lights) between FAR_DEPTH
+    and the end of the street, on their own random stream (`own`)."""
+    st = sc.street
+
+    def far() -> float:
+        return sc.u(FAR_DEPTH, z_end - 4.0)
+
+    def later(z: float, draw, *args, **kwargs) -> None:
+        sc.defer(z, functools.partial(own, functools.partial(draw, sc, *args, **kwargs)))
+
+    for _ in range(int(sc.rng.poisson(counts["persons"]))):
+        x = sc.u(*st.road) if sc.chance(0.15) else _on_sidewalk(sc, sc.pick(2))
+        z = far()
+        later(z, _person, x, z)
+    for _ in range(int(sc.rng.poisson(counts["riders"]))):
+        side, motor, side_view = sc.pick(2), sc.chance(0.4), sc.chance(0.3)
+        x, z = st.road[side] - (-1, 1)[side] * sc.u(0.6, 1.4), far()
+        later(z, _cyclist, x, z, motor=motor, side_view=side_view, rider=True)
+    for _ in range(int(sc.rng.poisson(counts["bikes"]))):
+        x, z, motor = _on_sidewalk(sc, sc.pick(2)), far(), sc.chance(0.3)
+        later(z, _cyclist, x, z, motor=motor, side_view=True, rider=False)
+    for _ in range(int(sc.rng.poisson(counts["poles"]))):
+        side = sc.pick(2)
+        x, z = st.road[side] + (-1, 1)[side] * sc.u(0.3, 0.9), far()
+        later(z, _pole, x, z, (1, -1)[side])
+
+
+def build_scene(
+    domain: str, index: int, seed: int = 0, size=DEFAULT_SIZE, variant: str = "default"
+) -> Scene:
+    """Lay out and rasterise scene `index` of `domain`: labels only, no colours yet.
+
+    variant "far_objects": the same scene (every draw of the default one is kept) plus the
+    far objects of `_place_far_objects`, drawn in depth order with the rest.
+    """
+    _check_variant(variant)
     rng = np.random.default_rng([seed, _check_domain(domain), index, 0])
     lay, (h, w) = LAYOUTS[domain], size
     horizon, vp_x = h * rng.uniform(*lay.horizon), w * rng.uniform(0.4, 0.6)
@@ -132,6 +194,9 @@ def build_scene(domain: str, index: int, seed: int = 0, size=DEFAULT_SIZE) -> Sc
     _draw_side(sc, 1, z_end)
     _place_vehicles(sc, lanes, track)
     _place_people(sc)
+    if variant == "far_objects":
+        own = _OwnStream(sc, np.random.default_rng([seed, _check_domain(domain), index, 2]))
+        own(functools.partial(_place_far_objects, sc, FAR_COUNTS[domain], z_end, own))
     for _, _, draw in sorted(sc.deferred, key=lambda d: (-d[0], d[1])):
         draw()
     if sc.chance(lay.p_hood):

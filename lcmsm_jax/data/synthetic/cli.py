@@ -7,7 +7,7 @@ from absl import flags
 
 from lcmsm_jax import config_cli
 from lcmsm_jax.data.synthetic.exporter import EXPORT_LAYOUTS, export, write_preview
-from lcmsm_jax.data.synthetic.scene import DEFAULT_SIZE, DOMAINS
+from lcmsm_jax.data.synthetic.scene import DEFAULT_SIZE, DOMAINS, VARIANTS
 from lcmsm_jax.progress import say
 
 PROG = "lcmsm-synthetic"
@@ -22,6 +22,7 @@ EXAMPLES = (
     "lcmsm-synthetic --export --domain target --layout cityscapes --split val --seed 1 "
     "--out data/syn_cs --num-images 500",
     "lcmsm-synthetic --preview previews.png",
+    "lcmsm-synthetic --preview far.png --variant far_objects --height 512 --width 1024",
 )
 
 
@@ -43,6 +44,8 @@ def _define(fv: flags.FlagValues) -> None:
                          flag_values=fv)  # fmt: skip
     flags.DEFINE_integer("seed", 0, "Scene seed (use another one for val).", lower_bound=0,
                          flag_values=fv)  # fmt: skip
+    flags.DEFINE_enum("variant", "default", VARIANTS, "Scene variant (far_objects: small "
+                      "objects far down the street).", flag_values=fv)  # fmt: skip
     flags.DEFINE_bool("overwrite", False, "Replace this split if it exists.", flag_values=fv)
     flags.DEFINE_bool("quiet", False, "No progress lines.", flag_values=fv)
 
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         raise config_cli.UsageError(f"{PROG}: pass one of --export or --preview PNG")
     size = (args.height, args.width)
     if args.preview is not None:
-        say(f"wrote {write_preview(args.preview, args.num_images or 4, size, args.seed)}")
+        path = write_preview(args.preview, args.num_images or 4, size, args.seed, args.variant)
+        say(f"wrote {path}")
         return 0
     if not args.out:
         raise config_cli.UsageError(f"{PROG}: --export needs --out DIR")
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         progress=None if args.quiet else "stdout",
+        variant=args.variant,
     )
     say(f"wrote {root}")
     return 0

@@ -89,6 +89,7 @@ def export(
     seed: int = 0,
     overwrite: bool = False,
     progress: TextIO | str | None = None,
+    variant: str = "default",
 ) -> str:
     """Write scenes 0..num_images-1 of `domain` to `out_root` in a real dataset's layout.
 
@@ -101,12 +102,12 @@ def export(
     at the end, so an interrupted export leaves nothing half-written. Into an existing root
     (e.g. adding a Cityscapes "val" split) only this export's split folders are replaced,
     and only with `overwrite`. `progress`: a stream for progress lines, "stdout", or None
-    (quiet). Returns the absolute root.
+    (quiet). `variant`: scene.VARIANTS. Returns the absolute root.
     """
     _check_domain(domain)
     if layout not in EXPORT_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {EXPORT_LAYOUTS}")
-    source = SyntheticSource(domain, num_images, size, seed)
+    source = SyntheticSource(domain, num_images, size, seed, variant=variant)
     out_root = os.path.abspath(out_root)
     dirs = _split_dirs(layout, split)
     fresh = not os.path.exists(out_root)
@@ -128,6 +129,8 @@ def export(
         info = {"generator": "lcmsm_jax.data.synthetic", "domain": domain, "seed": seed}
         info |= {"layout": layout, "split": split if layout == "cityscapes" else "all"}
         info |= {"size": list(source.size), "num_images": num_images}
+        if variant != "default":
+            info["variant"] = variant
         info_name = "synthetic.json" if layout == "gta5" else f"synthetic_{split}.json"
         atomic.write_text(os.path.join(tmp, info_name), json.dumps(info, indent=1))
         if fresh:
@@ -140,26 +143,30 @@ def export(
     return out_root
 
 
-def preview_grid(num_images: int = 4, size=DEFAULT_SIZE, seed: int = 0) -> np.ndarray:
+def preview_grid(
+    num_images: int = 4, size=DEFAULT_SIZE, seed: int = 0, variant: str = "default"
+) -> np.ndarray:
     """uint8 `[num_images * H, 4 * W, 3]`: per row, a source image, its colourised labels, a
     target image and its labels."""
     rows = []
     for i in range(num_images):
         row = []
         for domain in DOMAINS:
-            image, label = render(domain, i, seed=seed, size=size)
+            image, label = render(domain, i, seed=seed, size=size, variant=variant)
             row += [image, label_tables.colorize(label)]
         rows.append(np.concatenate(row, axis=1))
     return np.concatenate(rows, axis=0)
 
 
-def write_preview(path: str, num_images: int = 4, size=DEFAULT_SIZE, seed: int = 0) -> str:
+def write_preview(
+    path: str, num_images: int = 4, size=DEFAULT_SIZE, seed: int = 0, variant: str = "default"
+) -> str:
     """Write `preview_grid` as a picture (format from the extension, e.g. .png); returns
     `path`. The file appears complete or not at all."""
     picture_format = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
     if picture_format is None:
         raise ValueError(f"{path}: unknown picture format; name the file e.g. preview.png")
-    grid = preview_grid(num_images, size, seed)
+    grid = preview_grid(num_images, size, seed, variant)
     with atomic.replace_file(path, "wb") as f:
         Image.fromarray(grid).save(f, format=picture_format)
     return path

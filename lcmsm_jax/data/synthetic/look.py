@@ -274,11 +274,17 @@ def paint(sc: Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def render(
-    domain: str, index: int, *, seed: int = 0, size=DEFAULT_SIZE, image: bool = True
+    domain: str,
+    index: int,
+    *,
+    seed: int = 0,
+    size=DEFAULT_SIZE,
+    image: bool = True,
+    variant: str = "default",
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Image uint8 `[H, W, 3]` (None unless `image`) and trainIds int32 `[H, W]` of scene
-    `index` of `domain`; a pure function of the arguments."""
-    sc = build_scene(domain, int(index), seed, tuple(size))
+    `index` of `domain` (`variant`: scene.VARIANTS); a pure function of the arguments."""
+    sc = build_scene(domain, int(index), seed, tuple(size), variant)
     labels = sc.canvas.labels()
     if not image:
         return None, labels

@@ -12,12 +12,21 @@ from lcmsm_jax.data.synthetic.geometry import BODY, Camera, Canvas
 
 DOMAINS = ("source", "target")
 DEFAULT_SIZE = (256, 512)
+# "far_objects": the default scenes plus people, riders, bikes and poles with signs and
+# lights far down the street (build.py:_place_far_objects), for multi-resolution training.
+VARIANTS = ("default", "far_objects")
 
 
 def _check_domain(domain: str) -> int:
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
     return DOMAINS.index(domain)
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown scene variant {variant!r}; expected one of {VARIANTS}")
+    return variant
 
 
 # How each domain lays a street out: (low, high) ranges, or Poisson means per image.
@@ -68,6 +77,13 @@ class Scene:
         self.canvas = Canvas(cam.height, cam.width)
         self.deferred: list[tuple[float, int, object]] = []  # (depth, order, draw) for later
         self._uniform: list[float] = []
+
+    def swap_stream(self, stream: tuple) -> tuple:
+        """Make `stream` (a generator and its buffered uniforms, as returned here) the
+        scene's random stream; returns the previous one."""
+        previous = self.rng, self._uniform
+        self.rng, self._uniform = stream
+        return previous
 
     def rand(self) -> float:
         """A uniform number in [0, 1)."""
