@@ -35,6 +35,14 @@ def model_config() -> ml_collections.ConfigDict:
     model.lcmsm_head.spatial_block = "bottleneck"  # bottleneck (arch 1) | depthwise (arch 2) | none
     model.lcmsm_head.block_depth = 2  # shared block applied this many times, last without act
     model.lcmsm_head.activation = "relu"  # relu | lrelu | tanh
+
+    # Multi-resolution training (HRDA, docs/method.md §8): a context crop seen at 0.5 plus a
+    # full-resolution detail crop, fused by learned class-wise scale attention.
+    model.hrda = ml_collections.ConfigDict()
+    model.hrda.enabled = False
+    model.hrda.detail_size = (512, 512)  # detail crop (and inference window), multiples of 8
+    model.hrda.detail_loss_weight = 0.1  # loss = (1 - w) * fused CE + w * detail CE
+    model.hrda.attention_embed_dim = 256
     return model
 
 

@@ -1,7 +1,36 @@
-"""Flax NNX models: MiT backbone, DAFormer and LC-MSM heads, and the Segmentor."""
+"""Flax NNX models: MiT backbone, DAFormer and LC-MSM heads, the Segmentor and its
+multi-resolution (HRDA) form."""
+
+import ml_collections
+from flax import nnx
 
 from lcmsm_jax.models.heads import DAFormerHead, LCMSMHead
+from lcmsm_jax.models.hrda import MultiResSegmentor, ScaleAttentionHead
 from lcmsm_jax.models.mit import MIT_VARIANTS, MixVisionTransformer
 from lcmsm_jax.models.segmentor import Segmentor
 
-__all__ = ["DAFormerHead", "LCMSMHead", "MIT_VARIANTS", "MixVisionTransformer", "Segmentor"]
+
+def build_segmentor(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Segmentor:
+    """The model of `config` (config.model): a `MultiResSegmentor` when
+    config.hrda.enabled, else a `Segmentor`."""
+    hrda = config.get("hrda")
+    if hrda is not None and hrda.enabled:
+        return MultiResSegmentor(
+            config,
+            rngs=rngs,
+            detail_size=tuple(hrda.detail_size),
+            attention_embed_dim=hrda.attention_embed_dim,
+        )
+    return Segmentor(config, rngs=rngs)
+
+
+__all__ = [
+    "DAFormerHead",
+    "LCMSMHead",
+    "MIT_VARIANTS",
+    "MixVisionTransformer",
+    "MultiResSegmentor",
+    "ScaleAttentionHead",
+    "Segmentor",
+    "build_segmentor",
+]
