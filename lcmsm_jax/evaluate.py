@@ -3,9 +3,10 @@
 `make_evaluator` maps a config onto an `Evaluator` (`lcmsm_jax/evaluator.py`: the sharded
 inference and confusion matrix); its `run` evaluates config.data.eval
 (`lcmsm_jax/data/eval_source.py`), prints the per-class table and writes
-`<workdir>/eval_<tag>.json`. The training loop evaluates through it every
-config.train.eval_every steps; `lcmsm-eval` (`main`) restores a run's weights
-(`lcmsm_jax/restore.py`) and does the same. `lcmsm-predict` lives in
+`<workdir>/eval_<tag>.json`. A multi-resolution model (config.model.hrda.enabled) is
+evaluated with HRDA's inference in each window (docs/method.md §8.7). The training loop
+evaluates through it every config.train.eval_every steps; `lcmsm-eval` (`main`) restores a
+run's weights (`lcmsm_jax/restore.py`) and does the same. `lcmsm-predict` lives in
 `lcmsm_jax/predict.py`.
 """
 
@@ -208,9 +209,11 @@ def evaluate_run(
     evaluator = make_evaluator(config, loaded.graphdef, mesh, head=loaded.head)
     source = eval_source.open_eval_source(config)
     data_eval = config.data.eval
+    hrda = config.model.get("hrda")
+    mode = evaluator.spec.mode + (", multi-resolution" if hrda and hrda.enabled else "")
     say(
         f"evaluating {'converted checkpoint' if loaded.step is None else f'step {loaded.step}'} "
-        f"({loaded.weights} weights, {loaded.head} head, {evaluator.spec.mode}) on "
+        f"({loaded.weights} weights, {loaded.head} head, {mode}) on "
         f"{data_eval.dataset}/{data_eval.split}: {len(source)} images, batch "
         f"{global_batch_size(data_eval.batch_size, mesh)} over {mesh.shape[DATA_AXIS]} devices"
     )

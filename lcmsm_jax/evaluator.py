@@ -3,7 +3,9 @@
 As the reference evaluates (docs/method.md §6.4-6.6): the network sees the keep-ratio
 resized image (Cityscapes 1024x512), `inference.predict_labels` (slide or whole) predicts at
 the label's native resolution (2048x1024) and `miou` turns the confusion matrix into the
-metrics.
+metrics. A multi-resolution model (`MultiResSegmentor`, config.model.hrda.enabled) runs
+HRDA's inference in each window instead of the single forward (`inference.model_logits_fn`,
+docs/method.md §8.7); the windows are still averaged at the input's full resolution.
 
 Prediction and the confusion matrix run on the devices in one jitted function over a batch
 sharded along the mesh axis "data" (so across processes too); padded batch entries
@@ -122,19 +124,29 @@ class Evaluator:
             self._predict_impl, static_argnames=("out_size",), out_shardings=self.batch_sharding
         )
         self._gather = jax.jit(lambda tree: tree, out_shardings=self.replicated)
+        self._logits = jax.jit(self._logits_impl, out_shardings=self.batch_sharding)
+
+    def _logits_fn(self, params, batch_stats, text_features) -> inference.LogitsFn:
+        """The network of `graphdef` with these weights as a `logits_fn` (single- or
+        multi-resolution, `inference.model_logits_fn`)."""
+        model = nnx.merge(self.graphdef, params, batch_stats)
+        return inference.model_logits_fn(model, self.spec.head, text_features)
+
+    def _logits_impl(self, params, batch_stats, text_features, images):
+        """images [B, h, w, 3] -> slide- or whole-image logits [B, h, w, K] float32."""
+        spec = self.spec
+        return inference.network_logits(
+            self._logits_fn(params, batch_stats, text_features), images,
+            mode=spec.mode, crop=spec.crop, stride=spec.stride,
+        )  # fmt: skip
 
     def _predict_impl(self, params, batch_stats, text_features, images, out_size):
         """images [B, h, w, 3] -> trainIds [B, *out_size] int32."""
-        model = nnx.merge(self.graphdef, params, batch_stats)
-        head = self.spec.head
-
-        def logits_fn(x: jax.Array) -> jax.Array:
-            return model(x, text_features=text_features, heads=(head,), train=False)[head]
-
         spec = self.spec
         return inference.predict_labels(
-            logits_fn, images, out_size, mode=spec.mode, crop=spec.crop, stride=spec.stride
-        )
+            self._logits_fn(params, batch_stats, text_features), images, out_size,
+            mode=spec.mode, crop=spec.crop, stride=spec.stride,
+        )  # fmt: skip
 
     def _step_impl(self, params, batch_stats, text_features, batch, total, *, with_predictions):
         out_size = tuple(batch["label"].shape[1:3])
@@ -206,6 +218,13 @@ class Evaluator:
         progress.finish()
         results["num_images"] = min(images, num_images) if num_images else images
         return results
+
+    def logits(self, params, batch_stats, text_features, images: np.ndarray) -> np.ndarray:
+        """Single-process logits at the network input's size (before the resize to the
+        label's): images [B, h, w, 3] -> [B, h, w, K] float32. B as for `predict`."""
+        weights = self.put_weights(params, batch_stats, text_features)
+        images = jax.device_put(np.asarray(images, np.float32), self.batch_sharding)
+        return np.asarray(self._logits(*weights, images))
 
     def predict(
         self, params, batch_stats, text_features, images: np.ndarray, out_size: tuple[int, int]

@@ -11,6 +11,9 @@ they trace into any jitted function:
   * then the logits are resized bilinearly (align_corners=False, no antialiasing) to the
     label's resolution and the arg-max is the prediction. The reference takes the arg-max
     of the softmax, which is the same up to floating-point ties.
+`model_logits_fn` is the network's `logits_fn`: the segmentor's head, or for a
+multi-resolution model HRDA's inference on each input (docs/method.md §8.7): the context
+pass on the whole input at x0.5 and the detail pass over `detail_windows`, fused at stride 4.
 Sizes are (height, width).
 """
 
@@ -23,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lcmsm_jax.models import layers
+from lcmsm_jax.models.hrda import BOX_DIVISIBLE, MultiResSegmentor
+from lcmsm_jax.models.segmentor import Segmentor
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 MODES = ("slide", "whole")
@@ -90,6 +95,24 @@ def slide_logits(
     return canvas / count[None, :, :, None]
 
 
+def network_logits(
+    logits_fn: LogitsFn,
+    images: jax.Array,
+    *,
+    mode: str = "slide",
+    crop: tuple[int, int] = (512, 512),
+    stride: tuple[int, int] = (256, 256),
+) -> jax.Array:
+    """images [B, h, w, 3] -> logits [B, h, w, K] float32 at the network input's size,
+    by `slide_logits` or `whole_logits`. `crop` and `stride` (height, width) are used only
+    in "slide" mode."""
+    if mode == "slide":
+        return slide_logits(logits_fn, images, tuple(crop), tuple(stride))
+    if mode == "whole":
+        return whole_logits(logits_fn, images)
+    raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
+
+
 def predict_labels(
     logits_fn: LogitsFn,
     images: jax.Array,
@@ -99,15 +122,58 @@ def predict_labels(
     crop: tuple[int, int] = (512, 512),
     stride: tuple[int, int] = (256, 256),
 ) -> jax.Array:
-    """images [B, h, w, 3] -> trainId predictions [B, *out_size] int32.
-
-    `crop` and `stride` are (height, width); they are used only in "slide" mode.
-    """
-    if mode == "slide":
-        logits = slide_logits(logits_fn, images, tuple(crop), tuple(stride))
-    elif mode == "whole":
-        logits = whole_logits(logits_fn, images)
-    else:
-        raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
+    """images [B, h, w, 3] -> trainId predictions [B, *out_size] int32: `network_logits`
+    resized bilinearly to `out_size`, then the arg-max."""
+    logits = network_logits(logits_fn, images, mode=mode, crop=crop, stride=stride)
     logits = layers.resize_bilinear(logits, tuple(out_size))
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def detail_windows(
+    image_hw: tuple[int, int], detail_size: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Top-left corners of HRDA's detail windows over one input `image_hw`: `detail_size`
+    windows at stride half the window, on the grid of `windows` (docs/method.md §8.4). A
+    1024 x 1024 input with 512 x 512 windows: origins 0, 256 and 512 on each axis, 9
+    windows in row order."""
+    stride = tuple(max(int(s) // 2, 1) for s in detail_size)
+    return windows(tuple(image_hw), tuple(int(s) for s in detail_size), stride)[0]
+
+
+def model_logits_fn(
+    model: Segmentor, head: str, text_features: jax.Array | None = None
+) -> LogitsFn:
+    """The `logits_fn` of `model` for test time (BatchNorm running statistics, no dropout):
+    images [N, h, w, 3] -> the head's logits [N, h/4, w/4, K].
+
+    A `Segmentor` runs its `head`. A `MultiResSegmentor` runs HRDA's inference on each
+    input (each outer slide window, or the whole image): `forward_inference` with the
+    context pass on the whole input at x0.5 and the detail pass over `detail_windows`; the
+    fused logits have stride 4 of the input (docs/method.md §8.7). `text_features`
+    [K, D_head] are the projected text features of the "lcmsm" head (None for "decode").
+    """
+    if not isinstance(model, MultiResSegmentor):
+
+        def single(x: jax.Array) -> jax.Array:
+            return model(x, text_features=text_features, heads=(head,), train=False)[head]
+
+        return single
+
+    def multires(x: jax.Array) -> jax.Array:
+        h, w = x.shape[1:3]
+        if h % BOX_DIVISIBLE or w % BOX_DIVISIBLE:
+            raise ValueError(
+                f"multi-resolution inference needs inputs with sides that are multiples of "
+                f"{BOX_DIVISIBLE}, got {h} x {w} (height x width): choose config.data.eval.scale "
+                "and config.eval.crop so that the resized image and its windows are"
+            )
+        grid = detail_windows((h, w), model.detail_size)
+        out = model.forward_inference(
+            x, windows=grid, text_features=text_features, heads=(head,), train=False
+        )
+        return out[head][0]  # (fused, attenuated context, detail canvas)
+
+    return multires

@@ -2,7 +2,8 @@
 
 Each image goes through the evaluation preprocessing (keep-ratio resize to
 config.data.eval.scale, normalisation) and the evaluation inference (config.eval: slide or
-whole, head); the prediction is at the image's own resolution. Per image `<stem>` the
+whole, head; HRDA's multi-resolution inference in each window for a multi-resolution model,
+docs/method.md §8.7); the prediction is at the image's own resolution. Per image `<stem>` the
 output folder gets `<stem>_trainIds.png` (grey, trainIds 0..18), `<stem>_color.png`
 (Cityscapes palette) and `<stem>_overlay.png` (image and colours blended half and half).
 Consecutive images of one size are batched; each size compiles once.

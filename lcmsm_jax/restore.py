@@ -39,7 +39,7 @@ def load_weights(
 
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    model = nnx.eval_shape(lambda: models.Segmentor(config.model, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: models.build_segmentor(config.model, rngs=nnx.Rngs(0)))
     restored_step = checkpoint.restore_weights(workdir, model, step=step, weights=weights)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return graphdef, params.to_pure_dict(), batch_stats.to_pure_dict(), restored_step
