@@ -133,6 +133,39 @@ def check_model_config(config: config_dict.ConfigDict) -> None:
     if config.model.num_classes != 19:
         raise _bad("model.num_classes", config.model.num_classes,
                    "19 (every supported dataset uses the Cityscapes classes)", "19")  # fmt: skip
+    _check_hrda(config)
+
+
+def _check_hrda(config) -> None:
+    """config.model.hrda (docs/method.md §8): detail sides multiples of 8 (box offsets and
+    the stride-4 logits line up), a detail loss weight in [0, 1], a positive width."""
+    if "hrda" not in config.model:
+        return
+    enabled = config.model.hrda.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise _bad("model.hrda.enabled", enabled, "True or False", "False")
+    _check_pairs(config, ("model.hrda.detail_size",))
+    _check_fractions(config, ("model.hrda.detail_loss_weight",))
+    _check_ints(config, [("model.hrda.attention_embed_dim", 1, "256")])
+    detail = config.model.hrda.get("detail_size", ())
+    if any(side % 8 for side in detail):
+        raise _bad("model.hrda.detail_size", detail, "two multiples of 8 (height, width)",
+                   "'(512, 512)'")  # fmt: skip
+
+
+def _check_hrda_crop(config) -> None:
+    """With the multi-resolution model the training crop is the HR image: its sides are
+    multiples of 8 and the detail crop fits inside it."""
+    if "hrda" not in config.model or not config.model.hrda.enabled:
+        return
+    crop, detail = tuple(config.data.crop_size), tuple(config.model.hrda.detail_size)
+    if any(side % 8 for side in crop):
+        expected = "two multiples of 8 with config.model.hrda.enabled"
+        raise _bad("data.crop_size", crop, expected, "'(1024, 1024)'")
+    if detail[0] > crop[0] or detail[1] > crop[1]:
+        raise _bad("model.hrda.detail_size", detail,
+                   f"a detail crop no larger than config.data.crop_size = {crop}",
+                   f"'({crop[0] // 2}, {crop[1] // 2})'")  # fmt: skip
 
 
 def check_eval_config(config: config_dict.ConfigDict, *, reads_dataset: bool = True) -> None:
@@ -194,6 +227,7 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
         ),
     )  # fmt: skip
     _check_crop_ratio(config)
+    _check_hrda_crop(config)
     _check_margins(config)
     _check_splits(config)
     _check_tfds(config)

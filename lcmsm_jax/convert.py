@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     options = dict(weights=flag_values.weights, strict=flag_values.strict)
 
     def build() -> models.Segmentor:
-        return models.Segmentor(config.model, rngs=nnx.Rngs(flag_values.seed))
+        return models.build_segmentor(config.model, rngs=nnx.Rngs(flag_values.seed))
 
     # Match against the model's shapes first: a checkpoint of another network fails in
     # seconds, before the (slow) initialisation of the real model.

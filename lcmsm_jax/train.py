@@ -80,6 +80,8 @@ def _next_batch(source_it, target_it, batch_sharding, target_labels: bool) -> tu
     }
     if target_labels:
         local["target_label"] = target["label"]
+    if "target_valid" in target:  # pseudo-label margins (data.target.pseudo_margins)
+        local["target_valid"] = target["target_valid"]
     batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
     return batch, {"source": np.asarray(source["index"]), "target": np.asarray(target["index"])}
 
@@ -174,7 +176,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
 
     # ------------------------------------------------------------------ model, weights, text
     resuming = bool(manager.all_steps())  # then the weights come from the checkpoint
-    model = models.Segmentor(config.model, rngs=nnx.Rngs(config.seed))
+    model = models.build_segmentor(config.model, rngs=nnx.Rngs(config.seed))
     if not resuming:
         say(f"initial weights: {_initial_weights(config, model)}")
     text_embeddings, text_description = text.resolve(

@@ -20,7 +20,7 @@ from lcmsm_jax.models import layers
 def jax_forward_fn(model_config, batch: int, size: tuple[int, int], heads=("decode", "lcmsm")):
     """A zero-argument callable running the jitted forward on a fixed random batch
     [B, H, W, 3]; it returns {head: logits}."""
-    model = models.Segmentor(model_config, rngs=nnx.Rngs(0))
+    model = models.build_segmentor(model_config, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     images = jax.random.normal(jax.random.key(0), (batch, *size, 3), jnp.float32)
     text = jax.random.normal(jax.random.key(1), (model_config.num_classes, model_config.text_dim))

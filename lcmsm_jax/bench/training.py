@@ -34,7 +34,7 @@ def build_train_step(config: ml_collections.ConfigDict, *, seed: int = 0):
     from lcmsm_jax import optim, text
     from lcmsm_jax.uda import step as uda_step
 
-    model = models.Segmentor(config.model, rngs=nnx.Rngs(seed))
+    model = models.build_segmentor(config.model, rngs=nnx.Rngs(seed))
     graphdef, params, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
     imnet_graphdef = nnx.split(model.backbone)[0]
     tx, schedule = optim.make_optimizer(config.optim, params.to_pure_dict(), config.train.steps)
@@ -104,7 +104,7 @@ def jax_train_pass(
     """
     from lcmsm_jax.uda import losses
 
-    model = models.Segmentor(model_config, rngs=nnx.Rngs(0))
+    model = models.build_segmentor(model_config, rngs=nnx.Rngs(0))
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = params.to_pure_dict(), batch_stats.to_pure_dict()
     data = synthetic_batch(batch, size)

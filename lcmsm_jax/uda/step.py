@@ -17,12 +17,14 @@ State (a plain dict of pytrees):
   imnet_params          frozen ImageNet backbone for the feature distance
   text_embeddings       frozen CLIP class embeddings [K, D_text]
 Batch: source_image [B, H, W, 3], source_label [B, H, W], target_image [B, H, W, 3]
-(+ target_label [B, H, W] for the target-supervised oracle).
+(+ target_label [B, H, W] for the target-supervised oracle, + target_valid [B, H, W] where
+the data pipeline sets pseudo-label margins). With config.model.hrda.enabled every network
+call is the multi-resolution one (`lcmsm_jax/uda/multires.py`, docs/method.md §8.6).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +33,7 @@ import optax
 from flax import nnx
 
 from lcmsm_jax.data.transforms import MEAN_RGB, STD_RGB
-from lcmsm_jax.uda import augment, classmix, ema, losses, masking
+from lcmsm_jax.uda import augment, classmix, ema, losses, masking, multires
 
 # The input pipeline's normalisation; the strong transform jitters the de-normalised image.
 NORMALIZATION = (tuple(MEAN_RGB.tolist()), tuple(STD_RGB.tolist()))
@@ -75,19 +77,28 @@ def init_state(
 
 
 def sample_draws(
-    key: jax.Array, source_label: jax.Array, config: ml_collections.ConfigDict, num_classes: int
+    key: jax.Array,
+    source_label: jax.Array,
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    *,
+    detail_size: Sequence[int] | None = None,
 ) -> dict:
     """All random decisions of one step, from one key.
 
     Args:
       source_label: [B, H, W] source labels (ClassMix picks among their classes).
       config: `config.uda`.
+      detail_size: the multi-resolution model's detail crop; adds one detail box per
+        student pass (`multires.BOX_NAMES`). None (single resolution) adds nothing.
     Returns:
       {"mix_aug", "masked_source_aug", "masked_mix_aug", "masked_target_aug": strong-
        transform draws; "masked_source_mask", "masked_mix_mask", "masked_target_mask":
-       [B, H, W] block masks; "classmix_choice": [B, K + 1] chosen label values}.
+       [B, H, W] block masks; "classmix_choice": [B, K + 1] chosen label values;
+       with detail_size "source_box", ...: int32 [2] (y0, x0)}.
     """
     batch, height, width = source_label.shape
+    boxes = {} if detail_size is None else multires.sample_boxes(key, (height, width), detail_size)
     keys = jax.random.split(key, 8)
     strong = dict(
         color_jitter_apply_probability=config.color_jitter_apply_probability,
@@ -114,6 +125,7 @@ def sample_draws(
         "masked_mix_mask": masking.sample_block_mask(keys[5], batch, height, width, **block),
         "masked_target_mask": masking.sample_block_mask(keys[6], batch, height, width, **block),
         "classmix_choice": classmix.sample_classmix_choice(keys[7], source_label, num_classes),
+        **boxes,
     }
 
 
@@ -140,6 +152,10 @@ def make_loss_fn(
     """
     uda = config.uda
     num_classes = config.model.num_classes
+    passes = multires.make_passes(config.model)
+    detail_size = (
+        tuple(config.model.hrda.detail_size) if multires.hrda_enabled(config.model) else None
+    )
     if uda.pseudo_label_head not in ("lcmsm", "decode"):
         raise ValueError(
             "config.uda.pseudo_label_head must be 'lcmsm' or 'decode', "
@@ -149,7 +165,11 @@ def make_loss_fn(
     def loss_fn(params, batch, rest, rng, draws=None):
         if draws is None:
             draws = sample_draws(
-                jax.random.fold_in(rng, _DRAWS), batch["source_label"], uda, num_classes
+                jax.random.fold_in(rng, _DRAWS),
+                batch["source_label"],
+                uda,
+                num_classes,
+                detail_size=detail_size,
             )
         key = lambda tag: jax.random.fold_in(rng, tag)  # noqa: E731
         student = nnx.merge(graphdef, params, rest["batch_stats"])
@@ -159,27 +179,25 @@ def make_loss_fn(
         terms, aux = {}, {"draws": draws}
 
         # Step 3: source CE through the DAFormer head; keep the features for step 5.
-        out = student(source, train=True, rng=key(_SOURCE), heads=("decode",))
-        terms["source"] = losses.cross_entropy(out["decode"], label)
-        source_features = out["features"]
+        terms["source"], _, source_features = passes.student(
+            student, source, label, None, head="decode", text=text, rng=key(_SOURCE),
+            box=draws.get("source_box"),
+        )  # fmt: skip
 
         if uda.enabled:
             # Step 4: masked, re-augmented source through the LC-MSM head.
             if uda.masked_source:
                 masked = _masked(source, draws["masked_source_aug"], draws["masked_source_mask"])
-                logits = student(
-                    masked,
-                    text_features=text,
-                    train=True,
-                    rng=key(_MASKED_SOURCE),
-                    heads=("lcmsm",),
-                )["lcmsm"]
-                terms["masked_source"] = uda.mask_weight * losses.cross_entropy(logits, label)
+                loss = passes.student(
+                    student, masked, label, None, head="lcmsm", text=text,
+                    rng=key(_MASKED_SOURCE), box=draws.get("masked_source_box"),
+                )[0]  # fmt: skip
+                terms["masked_source"] = uda.mask_weight * loss
                 aux["masked_source_image"] = masked
             # Step 5: ImageNet feature distance on thing classes (backbone only).
             if uda.feature_distance_weight > 0:
                 imnet = nnx.merge(imnet_graphdef, rest["imnet_params"])
-                imnet_features = jax.lax.stop_gradient(imnet(source)[-1])
+                imnet_features = jax.lax.stop_gradient(imnet(passes.imnet_input(source))[-1])
                 terms["feature_distance"] = uda.feature_distance_weight * losses.feature_distance(
                     source_features[-1],
                     imnet_features,
@@ -189,8 +207,9 @@ def make_loss_fn(
                     num_classes=num_classes,
                 )
             _adaptation_terms(
-                uda, student, graphdef, rest, batch, draws, text, key, terms, aux, num_classes
-            )
+                uda, passes, student, graphdef, rest, batch, draws, text, key, terms, aux,
+                num_classes,
+            )  # fmt: skip
 
         total = sum(terms.values())
         aux["losses"] = terms
@@ -201,7 +220,8 @@ def make_loss_fn(
     return loss_fn
 
 
-def _adaptation_terms(uda, student, graphdef, rest, batch, draws, text, key, terms, aux, k):
+def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, text, key, terms,
+                      aux, k):  # fmt: skip
     """Steps 6-9 (and MIC's masked target): teacher pseudo-labels, ClassMix, mixed losses."""
     source, label, target = batch["source_image"], batch["source_label"], batch["target_image"]
     size = label.shape[1:]
@@ -209,9 +229,7 @@ def _adaptation_terms(uda, student, graphdef, rest, batch, draws, text, key, ter
     # the student's projected text features under stop-gradient.
     teacher = nnx.merge(graphdef, rest["ema_params"], rest["ema_batch_stats"])
     head = uda.pseudo_label_head
-    teacher_logits = teacher(
-        target, text_features=jax.lax.stop_gradient(text), train=True, rng=None, heads=(head,)
-    )[head]
+    teacher_logits = passes.teacher(teacher, target, head=head, text=jax.lax.stop_gradient(text))
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     pseudo, pseudo_weight, quality = losses.pseudo_labels(
         teacher_logits,
@@ -220,6 +238,8 @@ def _adaptation_terms(uda, student, graphdef, rest, batch, draws, text, key, ter
         ignore_top=uda.ignore_top,
         ignore_bottom=uda.ignore_bottom,
     )
+    if "target_valid" in batch:  # pseudo-label margins from the data pipeline (HRDA)
+        pseudo_weight = pseudo_weight * batch["target_valid"].astype(pseudo_weight.dtype)
     confidence = jnp.max(
         jax.nn.softmax(losses.at_least_f32(losses.upsample_logits(teacher_logits, size)), -1), -1
     )
@@ -248,28 +268,30 @@ def _adaptation_terms(uda, student, graphdef, rest, batch, draws, text, key, ter
     )
 
     # Step 8: mixed CE through the DAFormer head.
-    logits = student(mixed_image, train=True, rng=key(_MIX), heads=("decode",))["decode"]
-    terms["mix"] = losses.cross_entropy(logits, mixed_label, mixed_weight)
+    terms["mix"], logits, _ = passes.student(
+        student, mixed_image, mixed_label, mixed_weight, head="decode", text=text,
+        rng=key(_MIX), box=draws.get("mix_box"),
+    )  # fmt: skip
     aux["mix_prediction"] = jnp.argmax(losses.upsample_logits(logits, size), axis=-1)
 
     # Step 9: masked, re-augmented mixed image through the LC-MSM head, same labels/weights.
     if uda.masked_mix:
         masked = _masked(mixed_image, draws["masked_mix_aug"], draws["masked_mix_mask"])
-        logits = student(
-            masked, text_features=text, train=True, rng=key(_MASKED_MIX), heads=("lcmsm",)
-        )["lcmsm"]
-        terms["masked_mix"] = uda.mask_weight * losses.cross_entropy(
-            logits, mixed_label, mixed_weight
-        )
+        loss = passes.student(
+            student, masked, mixed_label, mixed_weight, head="lcmsm", text=text,
+            rng=key(_MASKED_MIX), box=draws.get("masked_mix_box"),
+        )[0]  # fmt: skip
+        terms["masked_mix"] = uda.mask_weight * loss
         aux["masked_mix_image"] = masked
 
     # MIC: masked, augmented target through the DAFormer head with the pseudo-labels.
     if uda.masked_target:
         masked = _masked(target, draws["masked_target_aug"], draws["masked_target_mask"])
-        logits = student(masked, train=True, rng=key(_MASKED_TARGET), heads=("decode",))["decode"]
-        terms["masked_target"] = uda.mask_weight * losses.cross_entropy(
-            logits, pseudo, pseudo_weight
-        )
+        loss = passes.student(
+            student, masked, pseudo, pseudo_weight, head="decode", text=text,
+            rng=key(_MASKED_TARGET), box=draws.get("masked_target_box"),
+        )[0]  # fmt: skip
+        terms["masked_target"] = uda.mask_weight * loss
         aux["masked_target_image"] = masked
 
 
