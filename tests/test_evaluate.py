@@ -60,9 +60,10 @@ def tiny_config():
 
 
 def random_weights(model_config, seed: int):
-    """(graphdef, params, batch_stats) with random values, without a model initialisation
+    """(graphdef, params, batch_stats) of the configured model (plain or multi-resolution)
+    with random values, BatchNorm running statistics too, without a model initialisation
     (eager init compiles ~100 small programs; this keeps the tests fast)."""
-    model = nnx.eval_shape(lambda: models.Segmentor(model_config, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: models.build_segmentor(model_config, rngs=nnx.Rngs(0)))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     rng = np.random.default_rng(seed)
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
 import base  # noqa: E402
 import hrda_reference as ref  # noqa: E402
 import official_heads as official  # noqa: E402
+from test_heads_official import rel_err, to_nchw, to_nhwc  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -38,20 +39,6 @@ DECODE_EMBED, DECODE_CHANNELS = 16, 24
 VLC_EMBED, VLC_CHANNELS = 24, 32
 ATTENTION_EMBED = 12
 TEXT_DIM = 40
-
-
-def rel_err(ours, theirs) -> float:
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
-
-
-def to_nhwc(t) -> np.ndarray:
-    return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def to_nchw(x) -> "torch.Tensor":
-    return torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
 
 
 def torch_rescale(x, factor: float) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
-from lcmsm_jax import evaluate, inference, models, sharding, train
+from lcmsm_jax import evaluate, inference, sharding, train
 from lcmsm_jax.data import eval_source, pipeline
 from lcmsm_jax.evaluator import Evaluator, InferenceSpec
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
 import base  # noqa: E402
 from test_data_fixtures import write_cityscapes  # noqa: E402
+from test_evaluate import random_weights  # noqa: E402
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 IMAGE_SIZE = (64, 128)  # (height, width), evaluated at its own size
@@ -70,33 +71,6 @@ def tiny_config():
     config.eval.crop, config.eval.stride = (64, 64), (32, 32)
     config.text.embeddings = "random:0"
     return config
-
-
-def random_weights(model_config, seed: int):
-    """(graphdef, params, batch_stats) of the multi-resolution model, random values
-    (BatchNorm running statistics too, so eval-mode BatchNorm matters)."""
-    model = nnx.eval_shape(lambda: models.build_segmentor(model_config, rngs=nnx.Rngs(0)))
-    assert isinstance(model, models.MultiResSegmentor)
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name, shape = str(path[-1].key), leaf.shape
-        noise = rng.standard_normal(shape)
-        if name == "kernel":
-            value = noise / np.sqrt(np.prod(shape[:-1]))
-        elif name == "var":
-            value = 0.5 + rng.random(shape)
-        elif name == "scale":
-            value = 1.0 + 0.1 * noise
-        else:  # bias, mean
-            value = 0.1 * noise
-        return value.astype(np.float32)
-
-    def fill_all(state):
-        return jax.tree_util.tree_map_with_path(fill, state.to_pure_dict())
-
-    return graphdef, fill_all(params), fill_all(stats)
 
 
 @pytest.fixture(scope="module")

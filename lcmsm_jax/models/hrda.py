@@ -18,6 +18,7 @@ so everything traces into one jitted step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -329,15 +330,9 @@ class MultiResSegmentor(Segmentor):
           detail logits `[B, h/4, w/4, K]`), "features": the four context backbone maps}.
         """
         heads = tuple(heads)
-        context, detail, attention = self._passes(
-            images_hr,
-            lambda images: crop(images, box, self.detail_size),
-            heads,
-            text_embeddings,
-            text_features,
-            train,
-            rng,
-        )
+        cut = functools.partial(crop, box=box, size=self.detail_size)
+        passes = (heads, text_embeddings, text_features, train, rng)
+        context, detail, attention = self._passes(images_hr, cut, *passes)
         out = {"features": context["features"]}
         for name in heads:
             out[name] = fuse_train(context[name], detail[name], attention[name], box)
@@ -369,15 +364,9 @@ class MultiResSegmentor(Segmentor):
           canvas `[B, H/4, W/4, K]`), "features": the four context backbone maps}.
         """
         heads = tuple(heads)
-        context, detail, attention = self._passes(
-            images_hr,
-            lambda images: window_batch(images, windows, self.detail_size),
-            heads,
-            text_embeddings,
-            text_features,
-            train,
-            rng,
-        )
+        cut = functools.partial(window_batch, windows=windows, size=self.detail_size)
+        passes = (heads, text_embeddings, text_features, train, rng)
+        context, detail, attention = self._passes(images_hr, cut, *passes)
         out = {"features": context["features"]}
         for name in heads:
             canvas = average_windows(detail[name], windows, images_hr.shape[1:3])
