@@ -24,6 +24,7 @@ from lcmsm_jax import compile_cache, export, miou, restore, sharding
 from lcmsm_jax.data import eval_source
 from lcmsm_jax.evaluator import DATA_AXIS, HEADS, Evaluator, InferenceSpec, global_batch_size
 from lcmsm_jax.evaluator import process_local_rows as process_local_rows  # for train.py
+from lcmsm_jax.models import hrda
 from lcmsm_jax.progress import say
 from lcmsm_jax.restore import WEIGHTS
 from lcmsm_jax.restore import load_weights as load_weights  # for scripts and tests
@@ -209,8 +210,7 @@ def evaluate_run(
     evaluator = make_evaluator(config, loaded.graphdef, mesh, head=loaded.head)
     source = eval_source.open_eval_source(config)
     data_eval = config.data.eval
-    hrda = config.model.get("hrda")
-    mode = evaluator.spec.mode + (", multi-resolution" if hrda and hrda.enabled else "")
+    mode = evaluator.spec.mode + (", multi-resolution" if hrda.is_enabled(config.model) else "")
     say(
         f"evaluating {'converted checkpoint' if loaded.step is None else f'step {loaded.step}'} "
         f"({loaded.weights} weights, {loaded.head} head, {mode}) on "

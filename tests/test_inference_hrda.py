@@ -27,6 +27,7 @@ from lcmsm_jax.evaluator import Evaluator, InferenceSpec
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
 import base  # noqa: E402
+import test_evaluate  # noqa: E402
 from test_data_fixtures import write_cityscapes  # noqa: E402
 from test_evaluate import random_weights  # noqa: E402
 
@@ -35,14 +36,13 @@ IMAGE_SIZE = (64, 128)  # (height, width), evaluated at its own size
 OUTER = [(0, 0), (0, 32), (0, 64)]  # 64 x 64 windows, stride 32
 INNER = [(y, x) for y in (0, 16, 32) for x in (0, 16, 32)]  # 32 x 32 windows, stride 16
 HEADS = ("decode", "lcmsm")
+# test_evaluate.py's tiny model with the multi-resolution heads, evaluated at 128 x 64.
 TINY_OVERRIDES = [
-    "--config.model.backbone=mit_b0",
-    "--config.model.decode_head.embed_dim=16",
-    "--config.model.decode_head.channels=16",
-    "--config.model.decode_head.fusion=conv",
-    "--config.model.lcmsm_head.embed_dim=16",
-    "--config.model.lcmsm_head.channels=16",
-    "--config.model.text_dim=12",
+    *[
+        o
+        for o in test_evaluate.TINY_OVERRIDES
+        if not o.startswith(("--config.data.eval", "--config.eval"))
+    ],
     "--config.model.hrda.enabled=True",
     "--config.model.hrda.detail_size=(32, 32)",
     "--config.model.hrda.attention_embed_dim=16",
@@ -50,26 +50,18 @@ TINY_OVERRIDES = [
     "--config.data.eval.batch_size=3",
     "--config.eval.crop=(64, 64)",
     "--config.eval.stride=(32, 32)",
-    "--config.text.embeddings=random:0",
     "--config.mesh.data=1",
     "--config.compile_cache_dir=",
 ]
 
 
 def tiny_config():
-    config = base.get_config()
-    model = config.model
-    model.backbone = "mit_b0"
-    for head in (model.decode_head, model.lcmsm_head):
-        head.embed_dim = head.channels = 16
-    model.decode_head.fusion = "conv"
-    model.text_dim = 12
-    model.hrda.enabled = True
-    model.hrda.detail_size = (32, 32)
-    model.hrda.attention_embed_dim = 16
+    config = test_evaluate.tiny_config()
+    config.model.hrda.enabled = True
+    config.model.hrda.detail_size = (32, 32)
+    config.model.hrda.attention_embed_dim = 16
     config.data.eval.scale = (128, 64)
     config.eval.crop, config.eval.stride = (64, 64), (32, 32)
-    config.text.embeddings = "random:0"
     return config
 
 

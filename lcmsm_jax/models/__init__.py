@@ -4,6 +4,7 @@ multi-resolution (HRDA) form."""
 import ml_collections
 from flax import nnx
 
+from lcmsm_jax.models import hrda
 from lcmsm_jax.models.heads import DAFormerHead, LCMSMHead
 from lcmsm_jax.models.hrda import MultiResSegmentor, ScaleAttentionHead
 from lcmsm_jax.models.mit import MIT_VARIANTS, MixVisionTransformer
@@ -13,13 +14,12 @@ from lcmsm_jax.models.segmentor import Segmentor
 def build_segmentor(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Segmentor:
     """The model of `config` (config.model): a `MultiResSegmentor` when
     config.hrda.enabled, else a `Segmentor`."""
-    hrda = config.get("hrda")
-    if hrda is not None and hrda.enabled:
+    if hrda.is_enabled(config):
         return MultiResSegmentor(
             config,
             rngs=rngs,
-            detail_size=tuple(hrda.detail_size),
-            attention_embed_dim=hrda.attention_embed_dim,
+            detail_size=tuple(config.hrda.detail_size),
+            attention_embed_dim=config.hrda.attention_embed_dim,
         )
     return Segmentor(config, rngs=rngs)
 

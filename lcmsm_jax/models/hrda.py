@@ -40,6 +40,12 @@ ATTENTION_EMBED_DIM = 256  # width of the scale-attention head (embedding = fusi
 _CONTEXT_STREAM, _DETAIL_STREAM, _ATTENTION_STREAM = 0, 1, 2
 
 
+def is_enabled(model_config: ml_collections.ConfigDict) -> bool:
+    """config.model.hrda.enabled (a config without the block is single-resolution)."""
+    block = model_config.get("hrda")
+    return block is not None and bool(block.enabled)
+
+
 # --------------------------------------------------------------------------- geometry
 
 

@@ -44,12 +44,6 @@ class Passes(NamedTuple):
     imnet_input: Callable[[jax.Array], jax.Array]
 
 
-def hrda_enabled(model_config: ml_collections.ConfigDict) -> bool:
-    """config.model.hrda.enabled (configs without the block are single-resolution)."""
-    block = model_config.get("hrda")
-    return block is not None and bool(block.enabled)
-
-
 def sample_boxes(key: jax.Array, image_hw: Sequence[int], detail_size: Sequence[int]) -> dict:
     """{name: int32 [2] (y0, x0)} for every name of `BOX_NAMES`, HRDA's rule
     (`hrda.draw_detail_box`), from the step's draws key."""
@@ -62,7 +56,7 @@ def sample_boxes(key: jax.Array, image_hw: Sequence[int], detail_size: Sequence[
 
 def make_passes(model_config: ml_collections.ConfigDict) -> Passes:
     """The student, teacher and ImageNet-input functions of the model of `model_config`."""
-    if not hrda_enabled(model_config):
+    if not hrda.is_enabled(model_config):
         return Passes(_single_student, _single_teacher, lambda images: images)
     detail_size = tuple(model_config.hrda.detail_size)
     detail_weight = float(model_config.hrda.detail_loss_weight)

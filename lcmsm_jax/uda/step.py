@@ -33,6 +33,7 @@ import optax
 from flax import nnx
 
 from lcmsm_jax.data.transforms import MEAN_RGB, STD_RGB
+from lcmsm_jax.models import hrda
 from lcmsm_jax.uda import augment, classmix, ema, losses, masking, multires
 
 # The input pipeline's normalisation; the strong transform jitters the de-normalised image.
@@ -153,9 +154,7 @@ def make_loss_fn(
     uda = config.uda
     num_classes = config.model.num_classes
     passes = multires.make_passes(config.model)
-    detail_size = (
-        tuple(config.model.hrda.detail_size) if multires.hrda_enabled(config.model) else None
-    )
+    detail_size = tuple(config.model.hrda.detail_size) if hrda.is_enabled(config.model) else None
     if uda.pseudo_label_head not in ("lcmsm", "decode"):
         raise ValueError(
             "config.uda.pseudo_label_head must be 'lcmsm' or 'decode', "
