@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         flags.DEFINE_string("out", None, "Directory for the runs and the tables.", flag_values=fv)
         flags.DEFINE_string("seeds", "0,1", "Comma-separated seeds.", flag_values=fv)
         flags.DEFINE_string("methods", ",".join(methods.METHODS),
-                            "Comma-separated methods, in table order.", flag_values=fv)  # fmt: skip
+                            "Comma-separated methods, in table order (also lcmsm_hrda: "
+                            "LC-MSM on the config's multires version).",
+                            flag_values=fv)  # fmt: skip
 
     try:
         fv = config_cli.parse(
@@ -302,15 +304,16 @@ def main(argv: list[str] | None = None) -> int:
                 "python tools/ladder.py --config configs/demo.py --out runs/ladder --seeds 0,1",
                 "python tools/ladder.py --config configs/gta2cs_lcmsm.py --out runs/gta2cs_ladder "
                 "--seeds 0,1,2 --methods source_only,daformer,lcmsm",
+                "python tools/ladder.py --config configs/demo_hr.py --out runs/hr_ladder "
+                "--seeds 0,1 --methods lcmsm,lcmsm_hrda",
             ],
         )  # fmt: skip
         seeds = seeds_from(fv.seeds)
         names = tuple(m.strip() for m in fv.methods.split(",") if m.strip())
-        unknown = [m for m in names if m not in methods.METHODS]
+        unknown = [m for m in names if m not in methods.ALL]
         if unknown or not names:
             raise config_cli.UsageError(
-                f"ladder: --methods: unknown {unknown}; "
-                f"expected some of {', '.join(methods.METHODS)}"
+                f"ladder: --methods: unknown {unknown}; expected some of {', '.join(methods.ALL)}"
             )
     except (config_cli.UsageError, ValueError) as err:
         say(str(err))

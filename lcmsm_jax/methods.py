@@ -15,6 +15,11 @@ for DACS, 40k vs 60k iterations, ...) are deliberately not part of it.
   lcmsm        the config itself: masked source and masked mix through the LC-MSM head,
                pseudo-labels from the teacher's LC-MSM head
   oracle       LC-MSM with the target's own labels in place of pseudo-labels (upper bound)
+
+Beyond the ladder, `lcmsm_hrda` is LC-MSM on the experiment's multi-resolution version
+(docs/method.md §8): HRDA changes the data (twice the resolution, larger crops) as well as
+the model, so the experiment config states that version as data, `config.multires`, an
+overlay of the values that differ (configs/demo_hr.py). Same steps, batch and seed.
 """
 
 from __future__ import annotations
@@ -52,17 +57,26 @@ LABELS = {
     "mic": "MIC(DAFormer)",
     "lcmsm": "LC-MSM",
     "oracle": "Target-supervised (oracle)",
+    "lcmsm_hrda": "LC-MSM(HRDA)",
 }
+
+# Methods on the experiment's multi-resolution version: the named single-resolution method
+# with config.multires laid over it and config.model.hrda switched on.
+MULTIRES: dict[str, str] = {"lcmsm_hrda": "lcmsm"}
+ALL = (*METHODS, *MULTIRES)
 
 
 def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
     """A copy of `config` (an LC-MSM experiment) turned into `method`.
 
     Raises:
-      KeyError: `method` is not one of METHODS (the message lists them).
+      KeyError: `method` is not one of ALL (the message lists them), or a multi-resolution
+        method on a config without (or with an unknown key in) config.multires.
     """
+    if method in MULTIRES:
+        return _multires(with_method(config, MULTIRES[method]), method)
     if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        raise KeyError(f"unknown method {method!r}; expected one of {', '.join(ALL)}")
     config = copy.deepcopy(config)
     for path, value in METHODS[method].items():
         *parents, leaf = path.split(".")
@@ -73,3 +87,32 @@ def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collection
             raise KeyError(f"method {method!r} sets {path}, which the config does not have")
         node[leaf] = value
     return config
+
+
+def _multires(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """`config` with config.multires laid over it and the multi-resolution model on."""
+    overlay = config.get("multires")
+    if not overlay:
+        raise KeyError(
+            f"method {method!r} needs config.multires, the experiment's multi-resolution "
+            "version (e.g. configs/demo_hr.py); this config has none"
+        )
+    for path in _leaf_paths(overlay):
+        node = config
+        for name in path.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+                raise KeyError(f"config.multires.{path}: the config has no {path} to replace")
+            node = node[name]
+    config.update(overlay.to_dict())
+    config.model.hrda.enabled = True
+    return config
+
+
+def _leaf_paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in node.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            paths += _leaf_paths(value, f"{prefix}{key}.")
+        else:
+            paths.append(prefix + key)
+    return paths

@@ -257,14 +257,40 @@ def test_variant_reaches_the_sources_and_is_checked(tmp_path, capsys):
     assert synthetic_cli.main(argv) == 0 and picture.is_file()
 
 
-def test_demo_hr_config_reads_far_objects_at_full_size():
-    config = demo_hr.get_config()
-    assert config_checks.check_train_config(config) == []
-    data = config.data
-    assert data.synthetic.variant == "far_objects" and tuple(data.synthetic.size) == (512, 1024)
-    assert tuple(data.crop_size) == (512, 512)
-    assert demo_hr.CONTEXT_SCALE * data.crop_size[0] == demo_hr.DETAIL_CROP[0] == 256
-    assert T.keep_ratio_size(512, 1024, tuple(data.source.scale)) == (512, 1024)
+def test_training_batches_carry_target_valid_sharded_like_the_images():
+    from lcmsm_jax import sharding, train
+
+    config = _tiny_synthetic_config()
+    config.data.target.pseudo_margins = (2, 6, 1, 3)
+    mesh = sharding.make_mesh(2)
+    source_it, target_it = datasets.train_iterators(config, process_index=0, process_count=1)
+    _, expected_it = datasets.train_iterators(config, process_index=0, process_count=1)
+    batch, items = train._next_batch(source_it, target_it, sharding.batch_sharded(mesh), False)
+    expected = next(expected_it)
+    assert set(batch) == {"source_image", "source_label", "target_image", "target_valid"}
+    np.testing.assert_array_equal(np.asarray(batch["target_valid"]), expected["target_valid"])
+    np.testing.assert_array_equal(items["target"], expected["index"])
+    # Split over the data axis like the target images: one image's mask per device.
+    assert batch["target_valid"].sharding == batch["target_image"].sharding
+    assert {s.data.shape for s in batch["target_valid"].addressable_shards} == {(1, 16, 16)}
+
+
+def test_demo_hr_reads_far_objects_at_half_and_full_size():
+    single, multires = demo_hr.get_config(), demo_hr.get_config("lcmsm_hrda")
+    for config in (single, multires):
+        assert config_checks.check_train_config(config) == []
+        data = config.data
+        assert data.synthetic.variant == "far_objects"
+        assert tuple(data.synthetic.size) == (512, 1024)
+    # Single resolution: DAFormer's proportions (half-size images, crops of half the height).
+    assert not single.model.hrda.enabled and tuple(single.data.crop_size) == (256, 256)
+    for domain in ("source", "target", "eval"):
+        assert T.keep_ratio_size(512, 1024, tuple(single.data[domain].scale)) == (256, 512)
+        assert T.keep_ratio_size(512, 1024, tuple(multires.data[domain].scale)) == (512, 1024)
+    # HRDA's: full-size crops of twice the side, whose x0.5 context input has the single-
+    # resolution crop's size, as has the full-resolution detail crop.
+    assert multires.model.hrda.enabled and tuple(multires.data.crop_size) == (512, 512)
+    assert tuple(multires.model.hrda.detail_size) == tuple(single.data.crop_size)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -44,6 +44,33 @@ def test_methods_switch_only_their_terms_and_leave_the_config_alone():
         methods.with_method(config, "fda")
 
 
+def test_lcmsm_hrda_lays_the_multires_overlay_over_lcmsm():
+    import demo_hr
+
+    config = demo_hr.get_config()
+    before = config.to_json()
+    hrda = methods.with_method(config, "lcmsm_hrda")
+    assert config.to_json() == before and not config.model.hrda.enabled
+    assert hrda.model.hrda.enabled and tuple(hrda.model.hrda.detail_size) == (256, 256)
+    # Every value of the overlay replaces the config's, everything else is LC-MSM's.
+    assert tuple(hrda.data.crop_size) == (512, 512) and hrda.uda.mask_block_size == 32
+    assert tuple(hrda.data.eval.scale) == (1024, 512) and hrda.eval.mode == "slide"
+    assert hrda.data.source.rcs_min_crop_ratio == 2.0
+    assert hrda.data.source.rcs_min_pixels == config.data.source.rcs_min_pixels
+    assert hrda.uda.to_json() == config.uda.to_json().replace(
+        '"mask_block_size": 16', '"mask_block_size": 32'
+    )
+    assert hrda.optim.to_json() == config.optim.to_json() and hrda.seed == config.seed
+    assert demo_hr.get_config("lcmsm_hrda").to_json() == hrda.to_json()
+    # The same images and labels: only their resize and the crops differ.
+    assert hrda.data.synthetic.to_json() == config.data.synthetic.to_json()
+    with pytest.raises(KeyError, match="needs config.multires"):
+        methods.with_method(demo_config(), "lcmsm_hrda")
+    config.multires.uda.mask_size = 3
+    with pytest.raises(KeyError, match="config.multires.uda.mask_size: the config has no"):
+        methods.with_method(config, "lcmsm_hrda")
+
+
 def test_summary_means_and_gap_closure_by_hand():
     miou = {
         "source_only": {0: 10.0, 1: 20.0},
