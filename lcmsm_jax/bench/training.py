@@ -24,6 +24,7 @@ from lcmsm_jax.bench.measure import (
     throughput_figures,
     time_call,
 )
+from lcmsm_jax.models import hrda
 
 # --------------------------------------------------------------------------- the train step
 
@@ -100,6 +101,9 @@ def jax_train_pass(
 ) -> tuple[Callable[[], object], object, float]:
     """Forward + backward of the Segmentor (training mode, CE on each head), compiled.
 
+    With config.model.hrda on, the multi-resolution training pass instead: `forward_train`
+    with a detail box (drawn per call, as the step does) and HRDA's 0.9 fused + 0.1 detail
+    CE on each head (`lcmsm_jax/uda/multires.py`); `size` is then the HR crop.
     Returns (run, compiled, compile seconds); `run()` gives (loss, new batch stats), grads.
     """
     from lcmsm_jax.uda import losses
@@ -113,10 +117,23 @@ def jax_train_pass(
         jax.random.key(1), (model_config.num_classes, model_config.text_dim), jnp.float32
     )
 
+    multires = hrda.is_enabled(model_config)
+
     def loss_fn(params, batch_stats, images, labels, text, rng):
         net = nnx.merge(graphdef, params, batch_stats)
-        out = net(images, text, train=True, rng=rng, heads=tuple(heads))
-        loss = sum(losses.cross_entropy(out[head], labels) for head in heads)
+        if multires:
+            detail_size = tuple(model_config.hrda.detail_size)
+            box = hrda.draw_detail_box(jax.random.fold_in(rng, 1), images.shape[1:3],
+                                       detail_size)  # fmt: skip
+            out = net.forward_train(images, box, text, heads=tuple(heads), train=True, rng=rng)
+            loss = sum(
+                hrda.multires_cross_entropy(losses.cross_entropy, out[head], labels, None, box,
+                                            detail_size, model_config.hrda.detail_loss_weight)
+                for head in heads
+            )  # fmt: skip
+        else:
+            out = net(images, text, train=True, rng=rng, heads=tuple(heads))
+            loss = sum(losses.cross_entropy(out[head], labels) for head in heads)
         return loss, nnx.state(net, nnx.BatchStat).to_pure_dict()
 
     args = jax.device_put((params, batch_stats, images, labels, text, jax.random.key(2)))
@@ -129,6 +146,9 @@ def jax_train_pass(
 def _train_pass_result(what, config_model, batch, size, heads, repeats, warmup) -> dict:
     device = jax.local_devices()[0]
     shapes = f"{config_model.backbone}, batch {batch} {size[0]}x{size[1]}, heads {'+'.join(heads)}"
+    if hrda.is_enabled(config_model):
+        detail = tuple(config_model.hrda.detail_size)
+        shapes += f", multi-resolution (context x0.5 + detail {detail[0]}x{detail[1]})"
     result = record(what, config_model.dtype, shapes, device)
     run, compiled, result["compile_s"] = jax_train_pass(config_model, batch, size, heads)
     result.update(compiled_cost(compiled))
