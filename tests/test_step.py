@@ -184,6 +184,46 @@ def test_supplied_draws_reproduce_the_sampled_ones(lcmsm):
     assert float(d[0]) != float(a[0])
 
 
+def steps_on_devices(config, parts, batch, devices: int, steps: int = 2) -> tuple[dict, dict]:
+    """`steps` jitted train steps with the batch split over `devices` (state replicated);
+    (final state, last metrics). The step must compile once for all of them."""
+    mesh = sharding.make_mesh(devices)
+    traces = []
+    graphdef, imnet_graphdef, tx, schedule, state = parts
+    fn = uda_step.make_train_step(config, graphdef, imnet_graphdef, tx, schedule)
+
+    def counted(state, batch, rng):
+        traces.append(1)
+        return fn(state, batch, rng)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    step = jax.jit(counted, in_shardings=(replicated, data, replicated),
+                   out_shardings=(replicated, replicated))  # fmt: skip
+    state = jax.device_put(jax.tree.map(jnp.array, state), replicated)
+    sharded = jax.device_put(batch, data)
+    for _ in range(steps):
+        state, metrics = step(state, sharded, jax.random.key(0))
+    assert len(traces) == 1  # compiled once, reused for the later steps
+    return state, metrics
+
+
+def assert_same_steps(
+    one: tuple[dict, dict],
+    eight: tuple[dict, dict],
+    *,
+    atol: float = 1e-5,
+    metrics_rtol: float = 1e-5,
+) -> None:
+    """Parameters, BatchNorm statistics, teacher and metrics of two runs agree."""
+    (state1, m1), (state8, m8) = one, eight
+    for key in ("params", "batch_stats", "ema_params"):
+        for a, b in zip(jax.tree.leaves(state1[key]), jax.tree.leaves(state8[key]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=key)
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m8[k], rtol=metrics_rtol, atol=1e-6, err_msg=k)
+
+
 def test_eight_devices_equal_one_device_and_compile_once():
     config = tiny_config()
     # Adam divides by |g| + eps: with eps 1e-8 a gradient near zero turns float rounding
@@ -191,33 +231,7 @@ def test_eight_devices_equal_one_device_and_compile_once():
     config.optim.eps = 1e-4
     parts = build(config)
     batch = make_batch(seed=1, batch=8)
-    results = []
-    for devices in (1, 8):
-        mesh = sharding.make_mesh(devices)
-        traces = []
-        graphdef, imnet_graphdef, tx, schedule, state = parts
-        fn = uda_step.make_train_step(config, graphdef, imnet_graphdef, tx, schedule)
-
-        def counted(state, batch, rng, fn=fn, traces=traces):
-            traces.append(1)
-            return fn(state, batch, rng)
-
-        replicated = NamedSharding(mesh, PartitionSpec())
-        data = NamedSharding(mesh, PartitionSpec("data"))
-        step = jax.jit(counted, in_shardings=(replicated, data, replicated),
-                       out_shardings=(replicated, replicated))  # fmt: skip
-        state = jax.device_put(jax.tree.map(jnp.array, state), replicated)
-        sharded = jax.device_put(batch, data)
-        for _ in range(2):
-            state, metrics = step(state, sharded, jax.random.key(0))
-        assert len(traces) == 1  # compiled once, reused for the second step
-        results.append((state, metrics))
-    (one, m1), (eight, m8) = results
-    for key in ("params", "batch_stats", "ema_params"):
-        for a, b in zip(jax.tree.leaves(one[key]), jax.tree.leaves(eight[key]), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    for k in m1:
-        np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6)
+    assert_same_steps(*(steps_on_devices(config, parts, batch, n) for n in (1, 8)))
 
 
 def test_alpha_override_reaches_the_step():

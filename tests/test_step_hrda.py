@@ -10,11 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
-from test_step import SIZE, deterministic, make_batch, rest_of, tiny_config
+from test_step import (
+    SIZE,
+    assert_same_steps,
+    deterministic,
+    make_batch,
+    rest_of,
+    steps_on_devices,
+    tiny_config,
+)
 from test_step_values import np_cross_entropy, np_feature_distance
 
-from lcmsm_jax import config_checks, config_cli, models, optim, sharding, text
+from lcmsm_jax import config_checks, config_cli, models, optim, text
 from lcmsm_jax.data import labels
 from lcmsm_jax.models import hrda, mit
 from lcmsm_jax.uda import losses, multires
@@ -239,30 +246,27 @@ def test_disabled_hrda_is_the_single_resolution_step():
 
 @pytest.mark.slow
 def test_eight_devices_equal_one_device():
-    """The teacher's window batch, the shared boxes and the BatchNorm statistics under data
-    sharding: DACS terms (source, feature distance, mix) and their gradient."""
-    config = hrda_config(masked_source=False, masked_mix=False, masked_target=False,
-                         pseudo_label_head="decode")  # fmt: skip
-    graphdef, imnet_graphdef, _, _, state = build(config)
-    loss_fn = uda_step.make_loss_fn(config, graphdef, imnet_graphdef)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    batch, rest = hrda_batch(batch=8, seed=1), rest_of(state)
-    results = []
-    for devices in (1, 8):
-        mesh = sharding.make_mesh(devices)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        data = NamedSharding(mesh, PartitionSpec("data"))
-        fn = jax.jit(lambda p, b, r: grad_fn(p, b, r, jax.random.key(0)),
-                     in_shardings=(replicated, data, replicated))  # fmt: skip
-        (total, aux), grads = fn(state["params"], jax.device_put(batch, data), rest)
-        results.append((total, aux["losses"], aux["pseudo_label"], grads))
-    (t1, l1, p1, g1), (t8, l8, p8, g8) = results
-    np.testing.assert_allclose(t1, t8, rtol=1e-5)
-    for k in l1:
-        np.testing.assert_allclose(l1[k], l8[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    np.testing.assert_array_equal(p1, p8)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    """The whole multi-resolution step (every LC-MSM term and MIC's masked target, the
+    optimizer and the EMA teacher), two steps: the teacher's window batch, the shared
+    boxes, the margins and the BatchNorm statistics under data sharding."""
+    config = hrda_config()
+    # Adam's update moves by up to lr * |g| / eps for |g| << eps, so eps bounds how much it
+    # magnifies rounding differences of the gradient (sharded sums). test_step.py's check
+    # uses 1e-4; with the masked terms' larger gradients (global norm ~500) 1e-2 keeps that
+    # factor at lr * 10 / 1e-2 = 0.06 for the heads.
+    config.optim.eps = 1e-2
+    # 8 px mask blocks: with 16 px blocks a 32 px detail crop can hold large blank regions,
+    # through which this tiny MiT's patch-embedding LayerNorm sends masked-mix gradients of
+    # ~1e33 into the first layer's bias; rounding then decides the comparison.
+    config.uda.mask_block_size = 8
+    parts = build(config)
+    batch = hrda_batch(batch=8, seed=1)
+    one, eight = (steps_on_devices(config, parts, batch, n) for n in (1, 8))
+    # The first patch embedding, which the masked terms drive hardest (gradients ~300),
+    # within 3e-5; the gradient's global norm (~500) to 1e-4.
+    assert_same_steps(one, eight, atol=3e-5, metrics_rtol=1e-4)
+    assert all(float(one[1][f"loss/{term}"]) > 0 for term in TERMS)
+    assert np.isfinite(float(one[1]["grad_norm"]))
 
 
 @pytest.mark.parametrize(
