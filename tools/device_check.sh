@@ -23,8 +23,9 @@
 #               step_fp32.json, step_bf16_remat.json, segmentor.json, logs.txt (every
 #               phase's output)
 # --tiny        CPU dry run with demo shapes: test phases only collect their tests,
-#               benchmarks run a small source-only step (step_bf16 is skipped: the
-#               step_bf16_remat phase runs its command plus remat); no install when the package
+#               benchmarks run a small source-only step (step_bf16 and segmentor are
+#               skipped: step_bf16_remat runs step_bf16's command plus remat, and
+#               tests/test_benchmark.py the segmentor's); no install when the package
 #               and its dependencies are already importable (tests/test_benchmark.py).
 # Environment: BUDGET (seconds for everything, default 470), PYTHON (default python3),
 #              SEG_DTYPE (segmentor benchmark dtype, default bfloat16).
@@ -188,9 +189,14 @@ else
 fi
 phase step_fp32 120 "${BENCH_CMD[@]}" --what step --json "$OUT_DIR/step_fp32.json"
 # torch and JAX share the GPU here: JAX allocates on demand.
-phase segmentor 90 env XLA_PYTHON_CLIENT_PREALLOCATE=false "${BENCH_CMD[@]}" "${SEG[@]}" \
-  --what segmentor --compare-torch --config.model.dtype="$SEG_DTYPE" \
-  --json "$OUT_DIR/segmentor.json"
+if [ "$TINY" -eq 1 ]; then
+  echo "segmentor skipped (tiny: tests/test_benchmark.py measures it next to torch)" |
+    tee -a "$SUMMARY"
+else
+  phase segmentor 90 env XLA_PYTHON_CLIENT_PREALLOCATE=false "${BENCH_CMD[@]}" "${SEG[@]}" \
+    --what segmentor --compare-torch --config.model.dtype="$SEG_DTYPE" \
+    --json "$OUT_DIR/segmentor.json"
+fi
 # Last, as it is the least needed: activation checkpointing of the MiT blocks (the memory
 # it saves, the time it costs).
 phase step_bf16_remat 100 "${BENCH_CMD[@]}" --what step --config.model.dtype=bfloat16 \
