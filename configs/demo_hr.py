@@ -29,6 +29,10 @@ vehicle's hood, which these scenes do not have.
 
   python tools/ladder.py --config configs/demo_hr.py --out runs/hr_ladder \\
       --seeds 0,1 --methods lcmsm,lcmsm_hrda
+
+`--config configs/demo_hr.py:lcmsm_hrda` returns the multi-resolution config itself, with
+the overlay already applied: its command-line overrides name the final keys
+(`--config.data.crop_size=...`), not `--config.multires...`.
 """
 
 import pathlib
