@@ -315,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             raise config_cli.UsageError(
                 f"ladder: --methods: unknown {unknown}; expected some of {', '.join(methods.ALL)}"
             )
+        for name in names:  # before any cell trains: lcmsm_hrda needs config.multires
+            methods.with_method(fv.config, name)
+    except KeyError as err:
+        say(f"ladder: --methods: {err.args[0]}")
+        return 2
     except (config_cli.UsageError, ValueError) as err:
         say(str(err))
         return 2

@@ -106,13 +106,19 @@ def test_bar_chart_draws_one_bar_per_method():
     assert columns[bar_x[0]] < columns[bar_x[1]] < columns[bar_x[2]]
 
 
-def test_seeds_and_ladder_command_line_errors(capsys):
+def test_seeds_and_ladder_command_line_errors(capsys, tmp_path):
     assert ladder.seeds_from("0, 1,2") == (0, 1, 2)
     with pytest.raises(ValueError, match="comma-separated integers"):
         ladder.seeds_from("0;1")
     argv = ["--config", str(CONFIGS / "demo.py"), "--out", "x", "--methods", "dacs,fda"]
     assert ladder.main(argv) == 2
     assert "unknown ['fda']" in capsys.readouterr().out
+    # Refused before the first cell trains, naming what is missing.
+    argv = ["--config", str(CONFIGS / "demo.py"), "--out", str(tmp_path / "hr"), "--methods",
+            "lcmsm,lcmsm_hrda"]  # fmt: skip
+    assert ladder.main(argv) == 2
+    assert "needs config.multires" in capsys.readouterr().out
+    assert not (tmp_path / "hr").exists()
 
 
 # The demo's own settings, shrunk to CI size: 30 steps, smaller scenes and crops.
