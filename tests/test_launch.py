@@ -146,7 +146,7 @@ def test_faked_slurm_job_starts_jax_distributed():
         )
         for i in range(2)
     ]
-    outputs = [child.communicate(timeout=120)[0] for child in children]
+    outputs = [child.communicate(timeout=600)[0] for child in children]
     for i, (child, out) in enumerate(zip(children, outputs, strict=True)):
         assert child.returncode == 0, out
         # On CPU the per-GPU pinning (local device SLURM_LOCALID) does not apply.
@@ -165,7 +165,8 @@ def test_a_missing_peer_fails_within_the_timeout(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "did not all join within 5 s (config.mesh.init_timeout)" in done.stdout
     assert "process 0 of 2" in done.stdout
-    assert elapsed < 5 + 40  # the timeout plus starting Python and importing JAX
+    # The timeout plus starting Python and importing JAX, with another test worker busy.
+    assert elapsed < 5 + 60
     assert not (tmp_path / "run").exists()  # nothing written
 
 
