@@ -79,13 +79,9 @@ def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collection
         raise KeyError(f"unknown method {method!r}; expected one of {', '.join(ALL)}")
     config = copy.deepcopy(config)
     for path, value in METHODS[method].items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"method {method!r} sets {path}, which the config does not have")
-        node[leaf] = value
+        _replace(
+            config, path, value, f"method {method!r} sets {path}, which the config does not have"
+        )
     return config
 
 
@@ -97,22 +93,31 @@ def _multires(config: ml_collections.ConfigDict, method: str) -> ml_collections.
             f"method {method!r} needs config.multires, the experiment's multi-resolution "
             "version (e.g. configs/demo_hr.py); this config has none"
         )
-    for path in _leaf_paths(overlay):
-        node = config
-        for name in path.split("."):
-            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-                raise KeyError(f"config.multires.{path}: the config has no {path} to replace")
-            node = node[name]
-    config.update(overlay.to_dict())
+    for path, value in _leaves(overlay).items():
+        _replace(
+            config, path, value, f"config.multires.{path}: the config has no {path} to replace"
+        )
     config.model.hrda.enabled = True
     return config
 
 
-def _leaf_paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    paths = []
+def _replace(config: ml_collections.ConfigDict, path: str, value, error: str) -> None:
+    """Set the dotted `path` of `config` to `value`; KeyError(error) where it has no such key."""
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+        node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise KeyError(error)
+    node[leaf] = value
+
+
+def _leaves(node: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{dotted path: value} of every non-ConfigDict value under `node`."""
+    leaves = {}
     for key, value in node.items():
         if isinstance(value, ml_collections.ConfigDict):
-            paths += _leaf_paths(value, f"{prefix}{key}.")
+            leaves.update(_leaves(value, f"{prefix}{key}."))
         else:
-            paths.append(prefix + key)
-    return paths
+            leaves[prefix + key] = value
+    return leaves
