@@ -193,7 +193,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.steps = 60_000
     config.train.log_every = 50
-    config.train.eval_every = 2_000  # 0 = only at the end, -1 = never
+    config.train.eval_every = 2_000  # 0 = only at the end, -1 = never (each is checkpointed)
+    config.train.on_eval_error = "stop"  # stop | continue: after a failed evaluation
     # Also checkpointed: the last step, and the current one on SIGTERM/SIGINT (preemption).
     config.train.checkpoint_every = 20_000
     config.train.stop_at = 0  # > 0: checkpoint and stop at this step (time-limited jobs)

@@ -97,6 +97,7 @@ def _model_choices() -> dict[str, Sequence[str]]:
         "model.dtype": ("float32", "bfloat16", "float16", "float64"),
         "model.depthwise_impl": layers.DEPTHWISE_IMPLS,
         "model.remat": mit.REMAT_MODES,
+        "train.on_eval_error": ("stop", "continue"),
         "model.decode_head.fusion": heads.FUSIONS,
         "model.lcmsm_head.fusion": heads.FUSIONS,
         "model.lcmsm_head.spatial_block": heads.SPATIAL_BLOCKS,

@@ -27,6 +27,11 @@ class NonFiniteLossError(FloatingPointError):
     and the last good checkpoint."""
 
 
+class EvaluationFailed(RuntimeError):
+    """An evaluation during training failed after its step was checkpointed; the message
+    names the step, the cause and the checkpoint."""
+
+
 class Preempted(Exception):
     """SIGTERM/SIGINT stopped the run after checkpointing `step` at `path`; rerunning the same
     command resumes from there."""

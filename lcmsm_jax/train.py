@@ -48,7 +48,14 @@ from lcmsm_jax import (
     visualize,
 )
 from lcmsm_jax.data import datasets
-from lcmsm_jax.guards import LossWatch, NonFiniteLossError, Preempted, StopSignals, check_state
+from lcmsm_jax.guards import (
+    EvaluationFailed,
+    LossWatch,
+    NonFiniteLossError,
+    Preempted,
+    StopSignals,
+    check_state,
+)
 from lcmsm_jax.progress import say
 from lcmsm_jax.uda import step as uda_step
 
@@ -241,7 +248,12 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
                 if stopping:
                     say(f"{stop.received or 'preemption notice'} received: checkpointing "
                         f"step {done}, then stopping")  # fmt: skip
-                saving = at(config.train.checkpoint_every) or done in (steps, end) or stopping
+                evaluating = evaluator is not None and (at(config.train.eval_every)
+                                                        or done == steps)  # fmt: skip
+                # An evaluation step is also a checkpoint step, saved before evaluating: a
+                # failing evaluation (a bad val file, out of memory) never loses the step.
+                saving = (at(config.train.checkpoint_every) or done in (steps, end)
+                          or stopping or evaluating)  # fmt: skip
                 if at(config.train.log_every) or saving or watch.full:
                     last = watch.check(manager, describe, directory)
                     if at(config.train.log_every) or saving:
@@ -249,13 +261,17 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
                         log.write(done, last, prefix="train/")
                 if images is not None and at(config.train.image_every):
                     _save_panel(workdir, done, batch, jax.device_get(images), is_main)
-                if evaluator is not None and (at(config.train.eval_every) or done == steps):
-                    results = _evaluate(evaluator, state, config, workdir, done)
-                    log.write(done, {"mIoU": results["mIoU"]}, prefix="eval/")
                 if saving:
                     check_state(state, done, manager, directory=directory,
                                 batch=functools.partial(describe, items))  # fmt: skip
                     run_state.save(manager, state, source_it, target_it, config)
+                if evaluating:
+                    manager.wait_until_finished()  # the step is on disk before evaluating
+                    evaluated = _evaluate_or_report(evaluator, state, config, workdir, done,
+                                                    directory / str(done))  # fmt: skip
+                    if evaluated is not None:
+                        results = evaluated
+                        log.write(done, {"mIoU": results["mIoU"]}, prefix="eval/")
                 if stopping:
                     manager.wait_until_finished()
                     preempted = Preempted(done, directory / str(done))
@@ -280,6 +296,34 @@ def _evaluate(evaluator, state: dict, config, workdir: Path, step: int) -> dict:
         step=step,
         weights=config.eval.weights,
     )
+
+
+def _evaluate_or_report(
+    evaluator, state: dict, config, workdir: Path, step: int, checkpoint: Path
+) -> dict | None:
+    """`_evaluate`, with a failure reported in one line: the step is already checkpointed.
+
+    config.train.on_eval_error = "continue" goes on training without this evaluation
+    (returns None); "stop" raises EvaluationFailed (exit 1, the same command resumes).
+    """
+    try:
+        return _evaluate(evaluator, state, config, workdir, step)
+    except (KeyboardInterrupt, Preempted):
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure is reported the same way
+        if config_cli.debug_enabled():
+            raise
+        lines = config_cli.failure_message("", err).removeprefix(": ").splitlines() or [""]
+        reason = f"{type(err).__name__}: {lines[0]}"
+        message = f"evaluation at step {step} failed: {reason} (the step is saved in {checkpoint})"
+        if config.train.get("on_eval_error", "stop") == "continue":
+            say(f"{message}; training goes on without this evaluation "
+                "(config.train.on_eval_error=continue)")  # fmt: skip
+            return None
+        raise EvaluationFailed(
+            f"{message}; fix the evaluation data and run the same command to resume, or set "
+            "--config.train.on_eval_error=continue to train on without failed evaluations"
+        ) from err
 
 
 def _due(done: int, every: int) -> bool:
@@ -324,7 +368,7 @@ def run_command(prog: str, config: ml_collections.ConfigDict, workdir: str) -> t
     another model 2."""
     try:
         result = train(config, workdir)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, EvaluationFailed) as err:
         say(f"{prog}: {err}")
         return 1, {}
     except Preempted:  # checkpointed; train() said where

@@ -236,6 +236,56 @@ def test_an_exception_right_after_a_save_keeps_that_checkpoint(tmp_path, monkeyp
     assert (tmp_path / "run" / "checkpoints" / "2" / "commit_success.txt").is_file()
 
 
+def _evaluation_failing(monkeypatch, error: Exception) -> list[int]:
+    """Every evaluation during training raises `error` (as a deleted val label would);
+    returns the steps whose evaluation was attempted. Checkpoints on disk at the moment of
+    each attempt are recorded as (step, saved steps)."""
+    attempts = []
+
+    def evaluate(evaluator, state, config, workdir, step):
+        attempts.append((step, steps_saved(workdir)))
+        raise error
+
+    monkeypatch.setattr(train, "_evaluate", evaluate)
+    return attempts
+
+
+def test_a_failing_evaluation_stops_with_its_step_already_checkpointed(tmp_path, monkeypatch):
+    missing = FileNotFoundError(2, "No such file or directory", "val/a_gtFine_labelIds.png")
+    attempts = _evaluation_failing(monkeypatch, missing)
+    # Step 3 is an evaluation step and not a checkpoint_every step.
+    status, printed = run(tmp_path / "run", "--config.train.eval_every=3")
+    assert status == 1
+    assert attempts == [(3, ["2", "3"])]  # step 3 was on disk before the evaluation ran
+    assert steps_saved(tmp_path / "run") == ["2", "3"]
+    assert (tmp_path / "run" / "checkpoints" / "3" / "commit_success.txt").is_file()
+    line = next(x for x in printed.splitlines() if "evaluation at step 3 failed" in x)
+    assert line.startswith("lcmsm-train: ")
+    assert "val/a_gtFine_labelIds.png" in line and "FileNotFoundError" in line
+    assert str(tmp_path / "run" / "checkpoints" / "3") in line
+    assert "on_eval_error=continue" in line
+    assert "Traceback" not in printed
+
+
+def test_a_failing_evaluation_can_be_skipped_and_training_goes_on(tmp_path, monkeypatch):
+    attempts = _evaluation_failing(monkeypatch, OSError("val/b.png: truncated PNG"))
+    status, printed = run(
+        tmp_path / "run", "--config.train.eval_every=3", "--config.train.on_eval_error=continue"
+    )
+    assert status == 0
+    assert [step for step, _ in attempts] == [3, 6]
+    assert steps_saved(tmp_path / "run") == ["2", "3", "4", "6"]
+    skipped = [x for x in printed.splitlines() if "training goes on without this evaluation" in x]
+    assert len(skipped) == 2 and "truncated PNG" in skipped[0]
+    assert not any(r.get("eval/mIoU") is not None for r in records(tmp_path / "run"))
+
+
+def test_on_eval_error_is_checked(tmp_path):
+    status, printed = run(tmp_path / "run", "--config.train.on_eval_error=ignore")
+    assert status == 2
+    assert "config.train.on_eval_error" in printed and "stop, continue" in printed
+
+
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_the_step_and_the_rerun_matches(reference, tmp_path, monkeypatch):
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
