@@ -17,6 +17,8 @@ def model_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype; parameters stay float32
     model.depthwise_impl = "auto"  # auto | conv | shifted_sum (auto: shifted_sum on CPU)
     model.remat = "none"  # none | block | stage: recompute MiT blocks (stages) in backward
+    model.scan_blocks = True  # each MiT stage's blocks as one scanned layer (False: unrolled)
+    model.head_remat = False  # recompute both heads' trunks (embeddings + ASPP) in backward
 
     model.decode_head = ml_collections.ConfigDict()
     model.decode_head.embed_dim = 512  # DAFormer itself uses 256

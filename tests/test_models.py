@@ -1,5 +1,6 @@
 """Hand-checkable tests of the model pieces and the public Segmentor API."""
 
+import functools
 import sys
 from pathlib import Path
 
@@ -73,6 +74,28 @@ def test_depthwise_shifted_sum_gradients_match_the_convolution(dilation):
         np.testing.assert_array_equal(got[1][0], 0.0)
 
 
+def test_depthwise_shifted_sum_over_channel_groups_equals_one_pass(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 9, 11, 12)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 1, 12)).astype(np.float32)
+
+    def value_and_grads(x, kernel):
+        def loss(x, kernel):
+            y = layers.depthwise_conv2d(x, kernel, dilation=2, impl="shifted_sum")
+            return jnp.sum(jnp.sin(y) * x)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+
+    whole = value_and_grads(x, kernel)
+    assert layers._channel_chunks(jnp.asarray(x)) == 1
+    # A map of 2*9*11*12*4 bytes in groups of at most 1/4 of it: 4 groups of 3 channels.
+    monkeypatch.setattr(layers, "SHIFTED_SUM_CHUNK_BYTES", x.nbytes // 4)
+    assert layers._channel_chunks(jnp.asarray(x)) == 4
+    grouped = value_and_grads(x, kernel)
+    for a, b in zip(jax.tree.leaves(grouped), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_depthwise_impl_is_validated():
     with pytest.raises(ValueError, match="depthwise_impl must be one of"):
         layers.resolve_depthwise_impl("fft")
@@ -143,6 +166,64 @@ def test_mit_drop_path_rates_rise_linearly_over_all_blocks():
     rates = [b.drop_path_rate for s in range(1, 5) for b in getattr(mit, f"block{s}")]
     assert len(rates) == 52
     np.testing.assert_allclose(rates, np.linspace(0.0, 0.1, 52))
+
+
+# ----------------------------------------------------------------------------- scanned blocks
+
+
+@functools.cache
+def _backbone_value_and_grads(scan_blocks: bool, remat: str, rng_seed: int | None):
+    """A MiT-B2 (stage depths 3/4/6/3, so scans of different lengths), its loss over all four
+    maps and the gradients, jitted; drop path on when `rng` is a key."""
+    model = models.MixVisionTransformer(
+        "mit_b2", drop_path_rate=0.3, scan_blocks=scan_blocks, remat=remat, rngs=nnx.Rngs(0)
+    )
+    graphdef, params = nnx.split(model, nnx.Param)
+    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    rng = None if rng_seed is None else jax.random.key(rng_seed)
+
+    def loss(params):
+        features = nnx.merge(graphdef, params)(images, rng=rng)
+        # Not a sum of squares: every map ends in a LayerNorm, whose squares sum to a constant.
+        return sum(jnp.mean(jnp.sin(3 * f) * f) for f in features), features
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params.to_pure_dict())
+
+
+@pytest.mark.parametrize("remat", ["none", "block", "stage"])
+def test_scanned_blocks_equal_unrolled_blocks_with_per_block_drop_path(remat):
+    for rng_seed in (None, 3):
+        (value, maps), grads = _backbone_value_and_grads(False, "none", rng_seed)
+        (value_s, maps_s), grads_s = _backbone_value_and_grads(True, remat, rng_seed)
+        np.testing.assert_allclose(value_s, value, rtol=1e-6)
+        for a, b in zip(maps_s, maps, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        # Same parameter names and shapes: each block keeps its own weights.
+        assert jax.tree.structure(grads_s) == jax.tree.structure(grads)
+        assert "block3" in grads_s and 5 in grads_s["block3"]
+        for a, b in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # Drop path is on (each block its own rate and key): the maps differ from rng=None's.
+    off = _backbone_value_and_grads(True, remat, None)[0][1]
+    on = _backbone_value_and_grads(True, remat, 3)[0][1]
+    assert not np.allclose(off[2], on[2], atol=1e-3)
+
+
+def test_scanned_stage_holds_one_block_per_stage_in_the_program():
+    """The compiled size of MiT-B5 (52 blocks) stays that of MiT-B0 (8) with scanned blocks."""
+
+    def lowered_size(variant: str, scan_blocks: bool) -> int:
+        model = models.MixVisionTransformer(variant, scan_blocks=scan_blocks, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model, nnx.Param)
+        images = jnp.zeros((1, 32, 32, 3))
+        apply = lambda p: nnx.merge(graphdef, p)(images)  # noqa: E731
+        return len(jax.jit(apply).lower(params.to_pure_dict()).as_text().splitlines())
+
+    # What still grows with depth is the argument list and the stacking (a few lines a
+    # weight); the blocks' computation is there once per stage.
+    b0, b5 = lowered_size("mit_b0", True), lowered_size("mit_b5", True)
+    assert b5 < 2 * b0
+    assert lowered_size("mit_b5", False) > 3 * b5
 
 
 # ----------------------------------------------------------------------------- LC-MSM head
@@ -236,6 +317,37 @@ def test_segmentor_training_mode_randomness_is_explicit():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, run(jax.random.key(1)))
     np.testing.assert_array_equal(run(None), run(None))
+
+
+def _segmentor_loss_grads_and_stats(head_remat: bool):
+    cfg = tiny_config()
+    cfg.decode_head.fusion = cfg.lcmsm_head.fusion = "sep_aspp"
+    cfg.decode_head.dilations = cfg.lcmsm_head.dilations = (1, 2, 3)
+    cfg.head_remat = head_remat
+    model = models.Segmentor(cfg, rngs=nnx.Rngs(0))
+    assert model.decode_head.remat is head_remat and model.vlc_head.remat is head_remat
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    stats = stats.to_pure_dict()
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    text = jax.random.normal(jax.random.key(1), (19, 12))
+
+    def loss(params):
+        net = nnx.merge(graphdef, params, stats)
+        out = net(images, text, train=True, rng=jax.random.key(2))
+        value = jnp.mean(jnp.sin(out["decode"])) + jnp.mean(jnp.cos(out["lcmsm"]))
+        return value, nnx.state(net, nnx.BatchStat).to_pure_dict()
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params.to_pure_dict())
+
+
+def test_head_remat_gives_the_same_loss_gradients_and_batch_statistics():
+    (value, stats), grads = _segmentor_loss_grads_and_stats(False)
+    (value_r, stats_r), grads_r = _segmentor_loss_grads_and_stats(True)
+    np.testing.assert_allclose(value_r, value, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(stats_r), jax.tree.leaves(stats), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # BN running stats updated
+    for a, b in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_mit_b5_with_both_heads_at_512_shapes():

@@ -180,16 +180,44 @@ def _build_trunk(
     return embed_layers, fuse_layer
 
 
-def _run_trunk(
+def _trunk(
     embed_layers: nnx.List, fuse_layer: nnx.Module, features: Sequence[jax.Array], train: bool
 ) -> jax.Array:
-    """Four backbone maps -> fused features [B, H/4, W/4, channels] at the first map's size."""
     size = features[0].shape[1:3]
     embedded = [
         layers.resize_bilinear(embed(feature), size)
         for embed, feature in zip(embed_layers, features, strict=True)
     ]
     return fuse_layer(jnp.concatenate(embedded, axis=-1), train=train)
+
+
+def _run_trunk(
+    embed_layers: nnx.List,
+    fuse_layer: nnx.Module,
+    features: Sequence[jax.Array],
+    train: bool,
+    remat: bool = False,
+) -> jax.Array:
+    """Four backbone maps -> fused features [B, H/4, W/4, channels] at the first map's size.
+
+    `remat` runs the trunk under `jax.checkpoint`: only the backbone maps (kept anyway) are
+    saved for the backward pass, and the 4 x embed_dim concatenation and every ASPP
+    branch's activations at 1/4 resolution (the largest buffers of the paper's step) are
+    recomputed. The BatchNorm statistics it updates are written back to the modules.
+    """
+    if not remat:
+        return _trunk(embed_layers, fuse_layer, features, train)
+    graphdef, state = nnx.split((embed_layers, fuse_layer))
+
+    @jax.checkpoint
+    def trunk(state, features):
+        embed, fuse = nnx.merge(graphdef, state)
+        fused = _trunk(embed, fuse, features, train)
+        return fused, nnx.state((embed, fuse), nnx.BatchStat)
+
+    fused, batch_stats = trunk(state, list(features))
+    nnx.update((embed_layers, fuse_layer), batch_stats)
+    return fused
 
 
 def _classifier(in_channels: int, num_classes: int, *, rngs, dtype) -> nnx.Conv:
@@ -219,9 +247,11 @@ class DAFormerHead(nnx.Module):
         dilations: Sequence[int] = (1, 6, 12, 18),
         dropout: float = 0.1,
         depthwise_impl: str = "auto",
+        remat: bool = False,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
+        self.remat = remat
         self.embed_layers, self.fuse_layer = _build_trunk(
             in_channels,
             embed_dim,
@@ -243,7 +273,7 @@ class DAFormerHead(nnx.Module):
 
         `train` selects BatchNorm batch statistics; `rng` enables Dropout2d (None = off).
         """
-        fused = _run_trunk(self.embed_layers, self.fuse_layer, features, train)
+        fused = _run_trunk(self.embed_layers, self.fuse_layer, features, train, self.remat)
         return layers.at_least_f32(self.conv_seg(layers.channel_dropout(fused, self.dropout, rng)))
 
 
@@ -315,9 +345,11 @@ class LCMSMHead(nnx.Module):
         block_depth: int = 2,
         activation: str = "relu",
         depthwise_impl: str = "auto",
+        remat: bool = False,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
+        self.remat = remat
         if spatial_block not in SPATIAL_BLOCKS:
             raise ValueError(
                 f"spatial_block must be one of {SPATIAL_BLOCKS}, got {spatial_block!r}"
@@ -363,7 +395,7 @@ class LCMSMHead(nnx.Module):
         """Four maps + text features [K, D] -> logits [B, H/4, W/4, num_classes], at least
         float32. The similarity maps are computed in float32 and joined to the fused
         features in the compute dtype for the classifier."""
-        fused = _run_trunk(self.embed_layers, self.fuse_layer, features, train)
+        fused = _run_trunk(self.embed_layers, self.fuse_layer, features, train, self.remat)
         maps = self.correlate(fused, text_features)
         joint = jnp.concatenate([fused, maps.astype(fused.dtype)], axis=-1)
         return layers.at_least_f32(self.conv_seg(layers.channel_dropout(joint, self.dropout, rng)))

@@ -110,7 +110,34 @@ def depthwise_conv2d(
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
-    return _depthwise_shifted_sum(x, kernel, dilation)
+    chunks = _channel_chunks(x)
+    if chunks == 1:
+        return _depthwise_shifted_sum(x, kernel, dilation)
+    # Channels are independent: run the shifted sums on one group of channels at a time.
+    # Its forward and custom backward keep several input-sized temporaries (padded copies,
+    # shifted products), ~11x the input for a [2, 128, 128, 2048] map; a loop over channel
+    # groups bounds them by the group's size, with the same values.
+    batch, height, width, channels = x.shape
+    size = kernel.shape[0]
+    groups = jnp.moveaxis(x.reshape(batch, height, width, chunks, channels // chunks), 3, 0)
+    kernels = jnp.moveaxis(kernel.reshape(size, size, 1, chunks, channels // chunks), 3, 0)
+    out = jax.lax.map(lambda pair: _depthwise_shifted_sum(*pair, dilation), (groups, kernels))
+    return jnp.moveaxis(out, 0, 3).reshape(batch, height, width, channels)
+
+
+# The shifted sums run on at most this many bytes of input at a time (see above).
+SHIFTED_SUM_CHUNK_BYTES = 32 * 2**20
+
+
+def _channel_chunks(x: jax.Array) -> int:
+    """How many channel groups the shifted sums of `x` run in: the fewest that divide the
+    channel count and keep each group under SHIFTED_SUM_CHUNK_BYTES (1 for small maps)."""
+    channels = x.shape[-1]
+    per_channel = x.size // channels * x.dtype.itemsize
+    for chunks in range(1, channels + 1):
+        if channels % chunks == 0 and per_channel * channels // chunks <= SHIFTED_SUM_CHUNK_BYTES:
+            return chunks
+    return channels
 
 
 def _valid_taps(size: int, dilation: int, height: int, width: int) -> list[tuple]:
@@ -282,13 +309,20 @@ def channel_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Arr
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Stochastic depth on a residual branch [B, ...]: keep a sample with prob 1-rate, rescale."""
-    if key is None or rate == 0.0:
+def drop_path(x: jax.Array, rate: float | jax.Array, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth on a residual branch [B, ...]: keep a sample with prob 1-rate, rescale.
+
+    `rate` may be a traced scalar (a scanned stage's per-block rate); rate 0 then keeps
+    every sample and divides by 1, the same values as skipping.
+    """
+    if key is None or (isinstance(rate, float | int) and rate == 0.0):
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep = jax.random.bernoulli(key, 1.0 - rate, shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+    scale = 1.0 - rate
+    if isinstance(scale, jax.Array):  # divide in x's dtype, as by a Python float
+        scale = scale.astype(x.dtype)
+    return jnp.where(keep, x / scale, 0.0).astype(x.dtype)
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:

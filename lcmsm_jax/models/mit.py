@@ -47,6 +47,12 @@ BLOCK_NORM_EPS = 1e-6
 # input; either trades one extra forward of the backbone for activation memory.
 REMAT_MODES = ("none", "block", "stage")
 
+# How a stage's blocks are laid out in the program (config.model.scan_blocks): True runs
+# the identical blocks of a stage as one `jax.lax.scan` over their stacked parameters, so
+# the compiled program holds one block per stage whatever the depth (MiT-B5's 3/6/40/3
+# compile about as fast as MiT-B0's 2/2/2/2); False unrolls them, one copy per block.
+# Parameters are stored per block either way (`block3.17.attn.q`), see docs/method.md §2.2.
+
 
 def _mit_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype) -> nnx.Linear:
     # mmseg MiT: trunc_normal(std=0.02) weights, zero bias.
@@ -170,16 +176,24 @@ class Block(nnx.Module):
         )
         self.drop_path_rate = drop_path_rate
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        rng: jax.Array | None,
+        drop_path_rate: float | jax.Array | None = None,
+    ) -> jax.Array:
         """[B, H, W, C] -> [B, H, W, C]; `rng=None` disables drop path.
 
+        `drop_path_rate` overrides the block's own rate; a scanned stage passes each
+        block's rate as a traced scalar, since one loop body serves every block.
         The norms hand the branches `dtype` inputs; the sums stay in x's (float32) dtype.
         """
+        rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
         attn_key = mlp_key = None
         if rng is not None:
             attn_key, mlp_key = jax.random.split(rng)
-        x = x + layers.drop_path(self.attn(self.norm1(x)), self.drop_path_rate, attn_key)
-        return x + layers.drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, mlp_key)
+        x = x + layers.drop_path(self.attn(self.norm1(x)), rate, attn_key)
+        return x + layers.drop_path(self.mlp(self.norm2(x)), rate, mlp_key)
 
 
 class MixVisionTransformer(nnx.Module):
@@ -193,6 +207,7 @@ class MixVisionTransformer(nnx.Module):
         drop_path_rate: float = 0.1,
         depthwise_impl: str = "auto",
         remat: str = "none",
+        scan_blocks: bool = True,
         rngs: nnx.Rngs,
         dtype: jnp.dtype = jnp.float32,
     ):
@@ -206,6 +221,7 @@ class MixVisionTransformer(nnx.Module):
         self.embed_dims = spec.embed_dims
         self.depths = spec.depths
         self.remat = remat
+        self.scan_blocks = scan_blocks
         total_blocks = sum(spec.depths)
         # Drop-path rate rises linearly over all blocks, counted globally across stages.
         rates = [drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
@@ -272,6 +288,31 @@ def _call_block(block: Block, x: jax.Array, rng: jax.Array | None) -> jax.Array:
 _call_block_remat = nnx.remat(_call_block)
 
 
+def _scan_blocks(
+    blocks: nnx.List, x: jax.Array, rng: jax.Array | None, first_block: int, remat: bool
+) -> jax.Array:
+    """The blocks of one stage as one `jax.lax.scan` over their stacked parameters.
+
+    The blocks differ only in their weights and drop-path rates, so the loop body is the
+    first block's graph merged with the i-th block's weights, and the rate and the
+    drop-path key (folded from the block's global index, as unrolled) are scanned too.
+    Gradients flow back through the stack to each block's own parameters.
+    """
+    graphdef = nnx.split(blocks[0])[0]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(b)[1] for b in blocks))
+    rates = jnp.asarray([block.drop_path_rate for block in blocks], jnp.float32)
+    indices = jnp.arange(first_block, first_block + len(blocks))
+
+    def body(x, per_block):
+        weights, rate, index = per_block
+        key = None if rng is None else jax.random.fold_in(rng, index)
+        return nnx.merge(graphdef, weights)(x, key, drop_path_rate=rate), None
+
+    if remat:
+        body = jax.checkpoint(body)
+    return jax.lax.scan(body, x, (stacked, rates, indices))[0]
+
+
 def _run_stage(
     model: MixVisionTransformer,
     stage: int,
@@ -283,9 +324,13 @@ def _run_stage(
 
     Drop path keys are folded from `rng` with the block's global index.
     """
-    call = _call_block_remat if model.remat == "block" else _call_block
     x = getattr(model, f"patch_embed{stage}")(x)
-    for offset, block in enumerate(getattr(model, f"block{stage}")):
-        key = None if rng is None else jax.random.fold_in(rng, first_block + offset)
-        x = call(block, x, key)
+    blocks = getattr(model, f"block{stage}")
+    if model.scan_blocks and len(blocks) > 1:
+        x = _scan_blocks(blocks, x, rng, first_block, remat=model.remat == "block")
+    else:
+        call = _call_block_remat if model.remat == "block" else _call_block
+        for offset, block in enumerate(blocks):
+            key = None if rng is None else jax.random.fold_in(rng, first_block + offset)
+            x = call(block, x, key)
     return getattr(model, f"norm{stage}")(x)

@@ -45,6 +45,7 @@ class Segmentor(nnx.Module):
             drop_path_rate=config.drop_path_rate,
             depthwise_impl=impl,
             remat=config.get("remat", "none"),  # configs saved before the option: none
+            scan_blocks=config.get("scan_blocks", True),
             rngs=rngs,
             dtype=dtype,
         )
@@ -59,6 +60,7 @@ class Segmentor(nnx.Module):
             dilations=tuple(decode.dilations),
             dropout=decode.dropout,
             depthwise_impl=impl,
+            remat=config.get("head_remat", False),
             rngs=rngs,
             dtype=dtype,
         )
@@ -76,6 +78,7 @@ class Segmentor(nnx.Module):
             block_depth=lcmsm.block_depth,
             activation=lcmsm.activation,
             depthwise_impl=impl,
+            remat=config.get("head_remat", False),
             rngs=rngs,
             dtype=dtype,
         )
