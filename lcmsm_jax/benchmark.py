@@ -3,8 +3,12 @@
 `lcmsm-benchmark --config C.py --what W [--compare-torch] [--json OUT]` measures (W):
   * step: the jitted LC-MSM `train_step` of the config (crop size and batch size from
     `config.data`, synthetic images and labels): compile time, median synchronised step
-    time, images/s (2 x batch per step), FLOPs per step from XLA's cost analysis of the
-    compiled step, achieved FLOP/s and utilisation of the device's peak, peak memory;
+    time, images/s (2 x batch per step), FLOPs per step from XLA's cost analysis (of the
+    step with unrolled blocks: XLA counts a scanned body once), achieved FLOP/s and
+    utilisation of the device's peak, XLA's memory plan, peak memory. With --compile-only
+    the step is traced, lowered and compiled ahead of time from shapes alone and nothing
+    runs: trace+lower and XLA compile seconds, program size, FLOPs, XLA's memory plan
+    (arguments, outputs, temporaries) and the process's peak RSS (what compiling took);
   * segmentor: forward + backward of the Segmentor alone (both heads, cross-entropy), and,
     with --compare-torch, transformers' SegFormer (same MiT, all-MLP head) doing forward +
     backward next to our model built with the same head; ratio = torch time / ours;
@@ -23,6 +27,7 @@ report, its printed lines); the measurements are in `lcmsm_jax/bench/`.
 from __future__ import annotations
 
 import json
+import os
 import platform
 
 import jax
@@ -31,7 +36,7 @@ from absl import flags
 from lcmsm_jax import atomic, config_cli
 from lcmsm_jax.bench.forward import benchmark_depthwise, benchmark_forward
 from lcmsm_jax.bench.input_pipeline import benchmark_data, describe_data
-from lcmsm_jax.bench.training import benchmark_segmentor, benchmark_step
+from lcmsm_jax.bench.training import benchmark_segmentor, benchmark_step, compile_step
 from lcmsm_jax.progress import say
 
 PROG = "lcmsm-benchmark"
@@ -44,6 +49,7 @@ EXAMPLES = (
     "lcmsm-benchmark --config configs/demo.py --what step --config.model.dtype=bfloat16",
     "lcmsm-benchmark --config configs/gta2cs_lcmsm.py --what segmentor --compare-torch "
     "--json segmentor.json",
+    "lcmsm-benchmark --config configs/gta2cs_lcmsm.py --what step --compile-only",
 )
 
 
@@ -88,6 +94,13 @@ def describe(result: dict) -> str:
         if not isinstance(util, str):
             util = f"{100 * util:.1f}% of {_si(result['peak_flops_per_s'], 'FLOP/s')}"
         figures.append(f"{_si(result['achieved_flops_per_s'], 'FLOP/s')} (utilisation {util})")
+    if "hlo_instructions" in result:
+        figures.append(f"{result['hlo_instructions']:,} HLO instructions")
+    if "xla_temp_bytes" in result:
+        figures.append(
+            f"XLA plan: arguments {_gb(result['xla_argument_bytes'])}, outputs "
+            f"{_gb(result['xla_output_bytes'])}, temporaries {_gb(result['xla_temp_bytes'])}"
+        )
     if "peak_memory_bytes" in result:
         figures.append(
             f"peak memory {_gb(result['peak_memory_bytes'])} ({result['peak_memory_source']})"
@@ -95,6 +108,10 @@ def describe(result: dict) -> str:
     if "xla_total_bytes" in result:
         figures.append(f"XLA plan {_gb(result['xla_total_bytes'])}")
     return f"[{result['what']}] {context}: " + ", ".join(figures)
+
+
+def _load(averages: list[float]) -> str:
+    return "/".join(f"{a:.1f}" for a in averages)
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -107,6 +124,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
                          flag_values=fv)  # fmt: skip
     flags.DEFINE_integer("size", None, "Square input size in pixels (forward: 512; "
                          "segmentor: config.data.crop_size).", flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("compile_only", False, "--what step: compile the step ahead of time "
+                      "from shapes and report its cost and memory plan; run nothing.",
+                      flag_values=fv)  # fmt: skip
     flags.DEFINE_integer("repeats", 3, "Timed repetitions (median reported).", flag_values=fv)
     flags.DEFINE_integer("warmup", 1, "Untimed calls after compilation (step, segmentor).",
                          flag_values=fv)  # fmt: skip
@@ -138,12 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": config.model.backbone,
         "dtype": config.model.dtype,
         "remat": config.model.get("remat", "none"),
+        "scan_blocks": config.model.get("scan_blocks", True),
+        # Other work on the machine slows every figure here: the 1/5/15-minute load.
+        "load_average_at_start": list(os.getloadavg()),
         # Set: a compile time may be a load from this cache (a rerun).
         "compilation_cache": jax.config.jax_compilation_cache_dir,
     }
     # The step first: peak device memory counts from the process start.
     if "step" in fv.what:
-        report["step"] = benchmark_step(config, repeats=fv.repeats, warmup=fv.warmup)
+        say(f"compiling the {config.model.backbone} train step"
+            + (" (compile only: nothing runs)" if fv.compile_only else ""))  # fmt: skip
+        if fv.compile_only:
+            report["step"] = compile_step(config)
+        else:
+            report["step"] = benchmark_step(config, repeats=fv.repeats, warmup=fv.warmup)
         print(describe(report["step"]), flush=True)
     if "segmentor" in fv.what:
         crop = tuple(config.data.crop_size)
@@ -193,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             compare_torch=fv.compare_torch,
         )
         print(json.dumps({"forward": report["forward"]}, indent=2), flush=True)
+    report["load_average_at_end"] = list(os.getloadavg())
+    say(f"machine load (1/5/15 min) {_load(report['load_average_at_start'])} at the start, "
+        f"{_load(report['load_average_at_end'])} at the end, on {os.cpu_count()} cores")
     if fv.json:
         atomic.write_text(fv.json, json.dumps(report, indent=2))
         say(f"results written to {fv.json}")

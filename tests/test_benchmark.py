@@ -49,6 +49,40 @@ def test_step_reports_time_flops_throughput_and_memory(tmp_path, capsys):
     assert "[step] cpu (cpu) | float32 | mit_b0, 2+2 images 32x32" in printed
 
 
+def test_compile_only_reports_the_plan_without_running_a_step(tmp_path, capsys, monkeypatch):
+    from lcmsm_jax.bench import training
+
+    monkeypatch.setattr(training, "benchmark_step", lambda *a, **k: pytest.fail("step ran"))
+    report = run_benchmark(tmp_path, "--what", "step", "--compile-only")
+    step = report["step"]
+    assert "step_s" not in step and step["what"] == "step_compile"
+    assert step["trace_lower_s"] > 0 and step["xla_compile_s"] > 0
+    assert step["stablehlo_chars"] > 0 and step["hlo_instructions"] > 0
+    for key in ("xla_argument_bytes", "xla_output_bytes", "xla_temp_bytes", "xla_total_bytes"):
+        assert step[key] > 0, key
+    assert step["peak_memory_source"] == "process max RSS (host)"
+    assert len(report["load_average_at_start"]) == 3
+    # FLOPs are counted on the unrolled program: the scanned one counts each stage's loop
+    # body once (MiT-B0: 2 blocks a stage), so its own count is lower.
+    jitted, state, batch = training.abstract_train_step(_small_config())
+    scanned = measure.compiled_cost(jitted.lower(state, batch, _abstract_key()))["flops"]
+    assert step["flops"] > 1.1 * scanned
+    printed = capsys.readouterr().out
+    assert "compile only: nothing runs" in printed and "temporaries" in printed
+
+
+def _small_config():
+    from lcmsm_jax import config_cli
+
+    return config_cli.parse("lcmsm-benchmark", SMALL, lambda fv: None).config
+
+
+def _abstract_key():
+    import jax
+
+    return jax.eval_shape(lambda: jax.random.key(0))
+
+
 def test_segmentor_forward_backward_next_to_torch(tmp_path, capsys):
     pytest.importorskip("transformers")
     args = ("--what", "segmentor", "--compare-torch", "--size", "32", "--batch", "1")

@@ -48,6 +48,83 @@ def build_train_step(config: ml_collections.ConfigDict, *, seed: int = 0):
     return jax.jit(step_fn, donate_argnums=(0,)), state, batch
 
 
+def abstract_train_step(config: ml_collections.ConfigDict, *, seed: int = 0):
+    """`build_train_step` without allocating anything: the jitted step, and its state and
+    batch as shapes (`jax.ShapeDtypeStruct`), for compiling ahead of time."""
+    from lcmsm_jax import optim
+    from lcmsm_jax.uda import step as uda_step
+
+    build = lambda: models.build_segmentor(config.model, rngs=nnx.Rngs(seed))  # noqa: E731
+    model = nnx.eval_shape(build)
+    graphdef, params, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+    imnet_graphdef = nnx.split(model.backbone)[0]
+    tx, schedule = optim.make_optimizer(config.optim, params.to_pure_dict(), config.train.steps)
+    embeddings = jax.ShapeDtypeStruct((config.model.num_classes, config.model.text_dim),
+                                      jnp.float32)  # fmt: skip
+    state = jax.eval_shape(lambda e: uda_step.init_state(build(), tx, e), embeddings)
+    step_fn = uda_step.make_train_step(
+        config, graphdef, imnet_graphdef, tx, schedule, with_images=config.train.image_every > 0
+    )
+    batch = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+        synthetic_batch(config.data.batch_size, tuple(config.data.crop_size), seed),
+    )
+    return jax.jit(step_fn, donate_argnums=(0,)), state, batch
+
+
+def hlo_size(lowered, compiled) -> dict:
+    """Sizes of the program: characters of the lowered StableHLO text and instructions of
+    XLA's optimised HLO (all computations, loop bodies counted once)."""
+    optimised = compiled.as_text() or ""
+    instructions = sum(1 for line in optimised.splitlines() if " = " in line)
+    return {"stablehlo_chars": len(lowered.as_text()), "hlo_instructions": instructions}
+
+
+def step_cost(config: ml_collections.ConfigDict) -> dict:
+    """{"flops", "bytes_accessed"} of one train step, from XLA's cost analysis of the step
+    lowered with unrolled MiT blocks (not compiled). XLA counts a loop body once whatever
+    its trip count, so a compiled program with scanned blocks under-counts by the depth;
+    the unrolled program before optimisation counts every block (its FLOPs are within ~6%
+    of the optimised program's; its bytes are before fusion, an upper bound)."""
+    unrolled = ml_collections.ConfigDict(config.to_dict())
+    unrolled.model.scan_blocks = False
+    jitted, state, batch = abstract_train_step(unrolled)
+    lowered = jitted.lower(state, batch, jax.eval_shape(lambda: jax.random.key(0)))
+    return compiled_cost(lowered)
+
+
+def compile_step(config: ml_collections.ConfigDict) -> dict:
+    """Trace, lower and compile the config's train step ahead of time, run nothing.
+
+    Reports trace+lower and XLA compile seconds, the program's size, XLA's cost analysis
+    (FLOPs, bytes accessed) and memory plan (arguments, outputs, temporaries, total) and
+    the process's peak RSS (which, with nothing allocated, is what compiling needed).
+    """
+    batch_size, (height, width) = config.data.batch_size, tuple(config.data.crop_size)
+    device = jax.local_devices()[0]
+    result = record(
+        "step_compile",
+        config.model.dtype,
+        f"{config.model.backbone}, {batch_size}+{batch_size} images {height}x{width}, "
+        f"remat {config.model.get('remat', 'none')}, "
+        f"{'scanned' if config.model.get('scan_blocks', True) else 'unrolled'} blocks",
+        device,
+    )
+    jitted, state, batch = abstract_train_step(config)
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    start = time.perf_counter()
+    lowered = jitted.lower(state, batch, rng)
+    result["trace_lower_s"] = time.perf_counter() - start
+    compiled = lowered.compile()
+    result["compile_s"] = time.perf_counter() - start
+    result["xla_compile_s"] = result["compile_s"] - result["trace_lower_s"]
+    result.update(hlo_size(lowered, compiled))
+    result.update(compiled_memory(compiled))
+    result.update(peak_memory(device))  # before step_cost's tracing adds to it
+    result.update(step_cost(config))
+    return result
+
+
 def benchmark_step(config: ml_collections.ConfigDict, *, repeats: int, warmup: int) -> dict:
     """Compile and time `train_step` on one device (see `lcmsm_jax/benchmark.py`)."""
     batch_size, (height, width) = config.data.batch_size, tuple(config.data.crop_size)
@@ -69,7 +146,7 @@ def benchmark_step(config: ml_collections.ConfigDict, *, repeats: int, warmup: i
     compiled = lowered.compile()
     result["compile_s"] = time.perf_counter() - start
     result["xla_compile_s"] = result["compile_s"] - result["trace_lower_s"]
-    result.update(compiled_cost(compiled))
+    result.update(step_cost(config))
     result.update(compiled_memory(compiled))
     times = []
     for i in range(warmup + repeats):
@@ -98,6 +175,8 @@ def jax_train_pass(
     batch: int,
     size: Sequence[int],
     heads: Sequence[str],
+    *,
+    compile_it: bool = True,
 ) -> tuple[Callable[[], object], object, float]:
     """Forward + backward of the Segmentor (training mode, CE on each head), compiled.
 
@@ -105,6 +184,7 @@ def jax_train_pass(
     with a detail box (drawn per call, as the step does) and HRDA's 0.9 fused + 0.1 detail
     CE on each head (`lcmsm_jax/uda/multires.py`); `size` is then the HR crop.
     Returns (run, compiled, compile seconds); `run()` gives (loss, new batch stats), grads.
+    `compile_it=False` returns (None, lowered, 0.0).
     """
     from lcmsm_jax.uda import losses
 
@@ -138,9 +218,20 @@ def jax_train_pass(
 
     args = jax.device_put((params, batch_stats, images, labels, text, jax.random.key(2)))
     start = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(*args).compile()
+    lowered = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(*args)
+    if not compile_it:
+        return None, lowered, 0.0
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     return (lambda: compiled(*args)), compiled, compile_s
+
+
+def train_pass_cost(model_config, batch, size, heads) -> dict:
+    """{"flops", "bytes_accessed"} of `jax_train_pass`, counted on its unrolled lowering
+    (see `step_cost`)."""
+    unrolled = ml_collections.ConfigDict(model_config.to_dict())
+    unrolled.scan_blocks = False
+    return compiled_cost(jax_train_pass(unrolled, batch, size, heads, compile_it=False)[1])
 
 
 def _train_pass_result(what, config_model, batch, size, heads, repeats, warmup) -> dict:
@@ -151,7 +242,7 @@ def _train_pass_result(what, config_model, batch, size, heads, repeats, warmup) 
         shapes += f", multi-resolution (context x0.5 + detail {detail[0]}x{detail[1]})"
     result = record(what, config_model.dtype, shapes, device)
     run, compiled, result["compile_s"] = jax_train_pass(config_model, batch, size, heads)
-    result.update(compiled_cost(compiled))
+    result.update(train_pass_cost(config_model, batch, size, heads))
     result.update(compiled_memory(compiled))
     result["step_s"] = time_call(run, repeats=repeats, warmup=warmup)
     result["repeats"] = repeats
