@@ -22,6 +22,7 @@ and the checks before resuming in `lcmsm_jax/run_state.py`):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from lcmsm_jax import (
     sharding,
     text,
     visualize,
+    workdir_lock,
 )
 from lcmsm_jax.data import datasets
 from lcmsm_jax.guards import (
@@ -138,13 +140,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     workdir = Path(workdir).absolute()
     changes = run_state.check_resume_config(config, workdir)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
-    run_state.report_unfinished_saves(workdir)
-    # Every way out of this block (return, exception, signal) waits for the save in flight
-    # and closes the manager: leaving earlier would drop that checkpoint.
-    with checkpoint.run_manager(
-        workdir, max_to_keep=config.train.keep_checkpoints, cleanup_tmp=True
-    ) as manager:
-        return _run(config, workdir, manager, changes)
+    # One run per workdir (process 0 holds it for the processes of a multi-process run).
+    lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        run_state.report_unfinished_saves(workdir)
+        # Every way out of this block (return, exception, signal) waits for the save in
+        # flight and closes the manager: leaving earlier would drop that checkpoint.
+        with checkpoint.run_manager(
+            workdir, max_to_keep=config.train.keep_checkpoints, cleanup_tmp=True
+        ) as manager:
+            return _run(config, workdir, manager, changes)
 
 
 def _jit_train_step(config, graphdef, imnet_graphdef, tx, schedule, state_sharding, batch_sharding):

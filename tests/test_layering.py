@@ -27,6 +27,7 @@ LAYERS = {
             "progress",
             "state_dicts",
             "text",
+            "workdir_lock",
         ),
         0,
     ),  # fmt: skip

@@ -236,6 +236,38 @@ def test_an_exception_right_after_a_save_keeps_that_checkpoint(tmp_path, monkeyp
     assert (tmp_path / "run" / "checkpoints" / "2" / "commit_success.txt").is_file()
 
 
+def _hold_lock_in_a_subprocess(workdir: Path) -> subprocess.Popen:
+    """Another process holding `workdir`'s run lock (as a running lcmsm-train would)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import sys, time; from pathlib import Path; from lcmsm_jax import workdir_lock\n"
+        "with workdir_lock.hold(Path(sys.argv[1])):\n"
+        "    print('held', flush=True); time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(workdir)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
+    holder = _hold_lock_in_a_subprocess(tmp_path / "run")
+    try:
+        status, printed = run(tmp_path / "run")
+        assert status == 2
+        lines = [x for x in printed.splitlines() if x.strip()]
+        assert len(lines) == 1, printed
+        assert lines[0].startswith(f"lcmsm-train: {tmp_path / 'run'} is in use by lcmsm-train")
+        assert f"pid {holder.pid}" in lines[0] and "another --workdir" in lines[0]
+        assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was started
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock, nothing is left stale
+        holder.wait()
+    status, printed = run(tmp_path / "run", "--config.train.steps=1")
+    assert status == 0 and steps_saved(tmp_path / "run") == ["1"]
+    assert f"pid {os.getpid()}" in (tmp_path / "run" / "run.lock").read_text()
+
+
 def _evaluation_failing(monkeypatch, error: Exception) -> list[int]:
     """Every evaluation during training raises `error` (as a deleted val label would);
     returns the steps whose evaluation was attempted. Checkpoints on disk at the moment of
