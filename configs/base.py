@@ -194,6 +194,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 60_000
+    # How the step's gradient is taken (lcmsm_jax/uda/step.py, docs/method.md §3.11): "joint"
+    # differentiates the total once; "per_pass" differentiates each student pass right
+    # after it runs (the reference's one backward() per loss term). Same gradient.
+    config.train.backward = "joint"
     config.train.log_every = 50
     config.train.eval_every = 2_000  # 0 = only at the end, -1 = never (each is checkpointed)
     config.train.on_eval_error = "stop"  # stop | continue: after a failed evaluation

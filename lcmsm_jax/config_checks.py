@@ -6,6 +6,7 @@ mistakes (a crop larger than the resized image on one side, warm-up longer than 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 
@@ -98,6 +99,7 @@ def _model_choices() -> dict[str, Sequence[str]]:
         "model.depthwise_impl": layers.DEPTHWISE_IMPLS,
         "model.remat": mit.REMAT_MODES,
         "train.on_eval_error": ("stop", "continue"),
+        "train.backward": ("per_pass", "joint"),
         "model.decode_head.fusion": heads.FUSIONS,
         "model.lcmsm_head.fusion": heads.FUSIONS,
         "model.lcmsm_head.spatial_block": heads.SPATIAL_BLOCKS,
@@ -227,6 +229,8 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
             "uda.color_jitter_apply_probability", "data.source.cat_max_ratio",
         ),
     )  # fmt: skip
+    _check_ints(config, [("seed", 0, "0")])
+    _check_learning_rate(config)
     _check_crop_ratio(config)
     _check_hrda_crop(config)
     _check_margins(config)
@@ -241,6 +245,23 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
             "the learning rate never reaches config.optim.lr"
         )
     return warnings
+
+
+def _check_learning_rate(config) -> None:
+    """optim.lr: a finite number > 0 (a negative one climbs the loss, NaN stops the run
+    only after the step has compiled)."""
+    key = "optim.lr"
+    try:
+        value = _lookup(config, key)
+    except KeyError:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _bad(key, value, "a finite number > 0 (the paper's is 6e-05)", "6e-05")
 
 
 def _check_crop_ratio(config) -> None:

@@ -234,6 +234,24 @@ def test_eight_devices_equal_one_device_and_compile_once():
     assert_same_steps(*(steps_on_devices(config, parts, batch, n) for n in (1, 8)))
 
 
+def test_per_pass_backward_equals_the_joint_gradient():
+    """train.backward = per_pass (each pass differentiated right after it runs) and joint
+    (one gradient of the total): same losses, gradient norm, parameters, BatchNorm
+    statistics and teacher after two steps, with every term on (feature distance too)."""
+    config = tiny_config()
+    config.uda.feature_distance_weight = 0.005
+    config.optim.eps = 1e-4  # as above: float rounding of near-zero gradients, not lr-sized
+    parts = build(config)
+    batch = make_batch(seed=2)
+    runs = {}
+    for backward in ("joint", "per_pass"):
+        config.train.backward = backward
+        runs[backward] = steps_on_devices(config, parts, batch, 1)
+    assert set(runs["joint"][1]) == set(runs["per_pass"][1])
+    assert float(runs["joint"][1]["loss/feature_distance"]) > 0
+    assert_same_steps(runs["joint"], runs["per_pass"])
+
+
 def test_alpha_override_reaches_the_step():
     from lcmsm_jax import config_cli
 

@@ -79,6 +79,13 @@ TRAIN_USAGE = {
         ["config.uda.color_jitter_apply_probability = 80", "0 and 1"],
     ),
     "num_classes": (["--config.model.num_classes=20"], ["config.model.num_classes = 20", "19"]),
+    "negative_lr": (["--config.optim.lr=-1"], ["config.optim.lr = -1", "finite number > 0"]),
+    "nan_lr": (["--config.optim.lr=nan"], ["config.optim.lr = nan", "finite number > 0"]),
+    "negative_seed": (["--config.seed=-1"], ["config.seed = -1", "an integer >= 0"]),
+    "unknown_backward": (
+        ["--config.train.backward=both"],
+        ["config.train.backward = 'both'", "per_pass, joint"],
+    ),
     "missing_text_embeddings": (
         ["--config.text.embeddings={tmp}/none.npz"],
         ["config.text.embeddings", "none.npz", "lcmsm-embed-text", "random:0"],

@@ -136,8 +136,61 @@ def _masked(images: jax.Array, aug_draws: dict, mask: jax.Array) -> jax.Array:
     return masking.apply_block_mask(strong, mask)
 
 
+class _Student:
+    """Runs the student's passes of one step.
+
+    Joint (`per_pass=False`): every pass calls one merged student, so the step's single
+    `jax.value_and_grad` of the total differentiates all of them together, and every
+    pass's activations stay alive until that one backward pass.
+    Per pass (`per_pass=True`): each pass is differentiated on its own, right after its
+    forward (as the reference calls backward() once per loss term), its gradients summed
+    in pass order, and an optimisation barrier makes the next pass wait for them: only one
+    pass's activations are alive at a time. Same losses, gradients to float rounding.
+    BatchNorm statistics pass from one pass to the next in both.
+    """
+
+    def __init__(self, graphdef, params, batch_stats, text_embeddings, *, per_pass: bool):
+        self.graphdef, self.params, self.per_pass = graphdef, params, per_pass
+        self.text_embeddings = jax.lax.stop_gradient(text_embeddings)  # frozen CLIP vectors
+        self.grads = None
+        self.module = nnx.merge(graphdef, params, batch_stats)
+        # The projected text features: the joint student's (differentiated through every
+        # pass), in per-pass mode a value for the teacher only (each pass projects its own).
+        self.text = self.module.project_text(self.text_embeddings)
+
+    def run(self, fn: Callable) -> tuple[jax.Array, object]:
+        """`fn(student, text) -> (loss, extras)` on the student; returns (loss, extras)."""
+        if not self.per_pass:
+            return fn(self.module, self.text)
+        batch_stats = nnx.state(self.module, nnx.BatchStat).to_pure_dict()
+
+        def pass_loss(params):
+            net = nnx.merge(self.graphdef, params, batch_stats)
+            loss, extras = fn(net, net.project_text(self.text_embeddings))
+            return loss, (extras, nnx.state(net, nnx.BatchStat).to_pure_dict())
+
+        (loss, (extras, batch_stats)), grads = jax.value_and_grad(pass_loss, has_aux=True)(
+            self.params
+        )
+        if self.grads is not None:
+            grads = jax.tree.map(jnp.add, self.grads, grads)
+        # Everything the next pass reads comes out of the barrier with these gradients.
+        self.params, batch_stats, self.grads = jax.lax.optimization_barrier(
+            (self.params, batch_stats, grads)
+        )
+        self.module = nnx.merge(self.graphdef, self.params, batch_stats)
+        return loss, extras
+
+    def batch_stats(self) -> dict:
+        return nnx.state(self.module, nnx.BatchStat).to_pure_dict()
+
+
 def make_loss_fn(
-    config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, imnet_graphdef: nnx.GraphDef
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    imnet_graphdef: nnx.GraphDef,
+    *,
+    per_pass: bool = False,
 ) -> Callable:
     """Build `loss_fn(params, batch, rest, rng, draws=None) -> (total, aux)`.
 
@@ -150,6 +203,10 @@ def make_loss_fn(
     pseudo-labels, confidence and quality weight, the ClassMix masks, the mixed image,
     label and weights, the masked inputs, the draws used and the updated BatchNorm
     statistics of student ("batch_stats") and teacher ("ema_batch_stats").
+
+    `per_pass=True` differentiates each student pass as soon as it has run (`_Student`):
+    `aux["grads"]` then holds the gradient of the total, and the returned total is a value
+    only (do not differentiate it).
     """
     uda = config.uda
     num_classes = config.model.num_classes
@@ -171,57 +228,74 @@ def make_loss_fn(
                 detail_size=detail_size,
             )
         key = lambda tag: jax.random.fold_in(rng, tag)  # noqa: E731
-        student = nnx.merge(graphdef, params, rest["batch_stats"])
         # The CLIP embeddings are frozen; only the projection learns.
-        text = student.project_text(jax.lax.stop_gradient(rest["text_embeddings"]))
+        student = _Student(graphdef, params, rest["batch_stats"], rest["text_embeddings"],
+                           per_pass=per_pass)  # fmt: skip
         source, label = batch["source_image"], batch["source_label"]
         terms, aux = {}, {"draws": draws}
+        with_distance = uda.enabled and uda.feature_distance_weight > 0
+        if with_distance:  # the frozen ImageNet backbone's features (no gradient)
+            imnet = nnx.merge(imnet_graphdef, rest["imnet_params"])
+            imnet_features = jax.lax.stop_gradient(imnet(passes.imnet_input(source))[-1])
 
-        # Step 3: source CE through the DAFormer head; keep the features for step 5.
-        terms["source"], _, source_features = passes.student(
-            student, source, label, None, head="decode", text=text, rng=key(_SOURCE),
-            box=draws.get("source_box"),
-        )  # fmt: skip
+        # Step 3: source CE through the DAFormer head, and (step 5) the ImageNet feature
+        # distance on thing classes of the same pass's backbone features.
+        def source_pass(net, text):
+            ce, _, features = passes.student(
+                net, source, label, None, head="decode", text=text, rng=key(_SOURCE),
+                box=draws.get("source_box"),
+            )  # fmt: skip
+            if not with_distance:
+                return ce, {"source": ce}
+            distance = uda.feature_distance_weight * losses.feature_distance(
+                features[-1],
+                imnet_features,
+                label,
+                thing_classes=tuple(uda.feature_distance_classes),
+                min_ratio=uda.feature_distance_min_ratio,
+                num_classes=num_classes,
+            )
+            return ce + distance, {"source": ce, "feature_distance": distance}
+
+        source_terms = student.run(source_pass)[1]
+        terms["source"] = source_terms["source"]
 
         if uda.enabled:
             # Step 4: masked, re-augmented source through the LC-MSM head.
             if uda.masked_source:
                 masked = _masked(source, draws["masked_source_aug"], draws["masked_source_mask"])
-                loss = passes.student(
-                    student, masked, label, None, head="lcmsm", text=text,
-                    rng=key(_MASKED_SOURCE), box=draws.get("masked_source_box"),
+                terms["masked_source"] = uda.mask_weight * student.run(
+                    lambda net, text: _ce(passes.student(
+                        net, masked, label, None, head="lcmsm", text=text,
+                        rng=key(_MASKED_SOURCE), box=draws.get("masked_source_box"),
+                    ))
                 )[0]  # fmt: skip
-                terms["masked_source"] = uda.mask_weight * loss
                 aux["masked_source_image"] = masked
-            # Step 5: ImageNet feature distance on thing classes (backbone only).
-            if uda.feature_distance_weight > 0:
-                imnet = nnx.merge(imnet_graphdef, rest["imnet_params"])
-                imnet_features = jax.lax.stop_gradient(imnet(passes.imnet_input(source))[-1])
-                terms["feature_distance"] = uda.feature_distance_weight * losses.feature_distance(
-                    source_features[-1],
-                    imnet_features,
-                    label,
-                    thing_classes=tuple(uda.feature_distance_classes),
-                    min_ratio=uda.feature_distance_min_ratio,
-                    num_classes=num_classes,
-                )
+            if with_distance:
+                terms["feature_distance"] = source_terms["feature_distance"]
             _adaptation_terms(
-                uda, passes, student, graphdef, rest, batch, draws, text, key, terms, aux,
-                num_classes,
-            )  # fmt: skip
+                uda, passes, student, graphdef, rest, batch, draws, key, terms, aux, num_classes
+            )
 
         total = sum(terms.values())
         aux["losses"] = terms
-        aux["batch_stats"] = nnx.state(student, nnx.BatchStat).to_pure_dict()
+        aux["batch_stats"] = student.batch_stats()
         aux.setdefault("ema_batch_stats", rest["ema_batch_stats"])
+        if per_pass:
+            aux["grads"] = student.grads
         return total, aux
 
     return loss_fn
 
 
-def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, text, key, terms,
-                      aux, k):  # fmt: skip
+def _ce(result: tuple) -> tuple[jax.Array, None]:
+    """`passes.student`'s (loss, logits, features) as `_Student.run` wants it: (loss, None)."""
+    return result[0], None
+
+
+def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, key, terms, aux, k):
     """Steps 6-9 (and MIC's masked target): teacher pseudo-labels, ClassMix, mixed losses."""
+    text = student.text
     source, label, target = batch["source_image"], batch["source_label"], batch["target_image"]
     size = label.shape[1:]
     # Step 6: the teacher on the clean target. BN in training mode, no dropout/drop path,
@@ -267,30 +341,35 @@ def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, text, 
     )
 
     # Step 8: mixed CE through the DAFormer head.
-    terms["mix"], logits, _ = passes.student(
-        student, mixed_image, mixed_label, mixed_weight, head="decode", text=text,
-        rng=key(_MIX), box=draws.get("mix_box"),
-    )  # fmt: skip
-    aux["mix_prediction"] = jnp.argmax(losses.upsample_logits(logits, size), axis=-1)
+    def mix_pass(net, text):
+        loss, logits, _ = passes.student(
+            net, mixed_image, mixed_label, mixed_weight, head="decode", text=text,
+            rng=key(_MIX), box=draws.get("mix_box"),
+        )  # fmt: skip
+        return loss, jnp.argmax(losses.upsample_logits(logits, size), axis=-1)
+
+    terms["mix"], aux["mix_prediction"] = student.run(mix_pass)
 
     # Step 9: masked, re-augmented mixed image through the LC-MSM head, same labels/weights.
     if uda.masked_mix:
         masked = _masked(mixed_image, draws["masked_mix_aug"], draws["masked_mix_mask"])
-        loss = passes.student(
-            student, masked, mixed_label, mixed_weight, head="lcmsm", text=text,
-            rng=key(_MASKED_MIX), box=draws.get("masked_mix_box"),
+        terms["masked_mix"] = uda.mask_weight * student.run(
+            lambda net, text: _ce(passes.student(
+                net, masked, mixed_label, mixed_weight, head="lcmsm", text=text,
+                rng=key(_MASKED_MIX), box=draws.get("masked_mix_box"),
+            ))
         )[0]  # fmt: skip
-        terms["masked_mix"] = uda.mask_weight * loss
         aux["masked_mix_image"] = masked
 
     # MIC: masked, augmented target through the DAFormer head with the pseudo-labels.
     if uda.masked_target:
         masked = _masked(target, draws["masked_target_aug"], draws["masked_target_mask"])
-        loss = passes.student(
-            student, masked, pseudo, pseudo_weight, head="decode", text=text,
-            rng=key(_MASKED_TARGET), box=draws.get("masked_target_box"),
+        terms["masked_target"] = uda.mask_weight * student.run(
+            lambda net, text: _ce(passes.student(
+                net, masked, pseudo, pseudo_weight, head="decode", text=text,
+                rng=key(_MASKED_TARGET), box=draws.get("masked_target_box"),
+            ))
         )[0]  # fmt: skip
-        terms["masked_target"] = uda.mask_weight * loss
         aux["masked_target_image"] = masked
 
 
@@ -312,8 +391,16 @@ def make_train_step(
     (alpha_0 = 0 copies it), then all terms are computed and summed (one gradient equals
     the reference's per-term backward passes), then one AdamW step.
     """
-    loss_fn = make_loss_fn(config, graphdef, imnet_graphdef)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    per_pass = config.train.get("backward", "joint") == "per_pass"
+    loss_fn = make_loss_fn(config, graphdef, imnet_graphdef, per_pass=per_pass)
+    if per_pass:  # the passes' gradients are taken inside, one pass at a time
+
+        def grad_fn(params, batch, rest, key):
+            total, aux = loss_fn(params, batch, rest, key)
+            return (total, aux), aux.pop("grads")
+
+    else:
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state, batch, rng):
         step = state["step"]
