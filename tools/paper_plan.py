@@ -1,7 +1,7 @@
 """Compile the paper's train step ahead of time and check XLA's memory plan against a bound.
 
     python tools/paper_plan.py                       # configs/gta2cs_lcmsm.py, float32 + bfloat16
-    python tools/paper_plan.py --config configs/gta2cs_lcmsm_hrda.py --limit-gb 20
+    python tools/paper_plan.py --config configs/gta2cs_lcmsm_hrda.py --config.model.remat=block
 
 Each dtype is compiled in its own `lcmsm-benchmark --what step --compile-only` process (so
 each peak RSS is that compile's own); nothing runs and no data is needed. Prints one line
@@ -44,11 +44,11 @@ def main() -> int:
     parser.add_argument("--limit-gb", type=float, default=20.0,
                         help="Largest acceptable XLA memory plan (arguments + outputs + "
                         "temporaries), in GB (1e9 bytes).")  # fmt: skip
-    parser.add_argument("overrides", nargs="*", help="--config.a.b=value overrides")
-    args = parser.parse_args()
+    # Anything else is passed on: --config.a.b=value overrides.
+    args, overrides = parser.parse_known_args()
     over = []
     for dtype in args.dtype:
-        report = compile_only(args.config, dtype, args.overrides)
+        report = compile_only(args.config, dtype, overrides)
         step = report["step"]
         plan = step["xla_total_bytes"] / 1e9
         print(
