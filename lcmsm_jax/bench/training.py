@@ -93,6 +93,19 @@ def step_cost(config: ml_collections.ConfigDict) -> dict:
     return compiled_cost(lowered)
 
 
+def _lower_and_compile(jitted, args: tuple, result: dict):
+    """(lowered, compiled) of `jitted` on `args`; records trace_lower_s, xla_compile_s and
+    their sum compile_s in `result`. Tracing + lowering run in Python in every process;
+    only XLA's part can come from the persistent compilation cache (compile_cache.py)."""
+    start = time.perf_counter()
+    lowered = jitted.lower(*args)
+    result["trace_lower_s"] = time.perf_counter() - start
+    compiled = lowered.compile()
+    result["compile_s"] = time.perf_counter() - start
+    result["xla_compile_s"] = result["compile_s"] - result["trace_lower_s"]
+    return lowered, compiled
+
+
 def compile_step(config: ml_collections.ConfigDict) -> dict:
     """Trace, lower and compile the config's train step ahead of time, run nothing.
 
@@ -112,12 +125,7 @@ def compile_step(config: ml_collections.ConfigDict) -> dict:
     )
     jitted, state, batch = abstract_train_step(config)
     rng = jax.eval_shape(lambda: jax.random.key(0))
-    start = time.perf_counter()
-    lowered = jitted.lower(state, batch, rng)
-    result["trace_lower_s"] = time.perf_counter() - start
-    compiled = lowered.compile()
-    result["compile_s"] = time.perf_counter() - start
-    result["xla_compile_s"] = result["compile_s"] - result["trace_lower_s"]
+    lowered, compiled = _lower_and_compile(jitted, (state, batch, rng), result)
     result.update(hlo_size(lowered, compiled))
     result.update(compiled_memory(compiled))
     result.update(peak_memory(device))  # before step_cost's tracing adds to it
@@ -138,14 +146,7 @@ def benchmark_step(config: ml_collections.ConfigDict, *, repeats: int, warmup: i
     jitted, state, batch = build_train_step(config)
     # On the device beforehand, as lcmsm-train's batches are: no host transfer is timed.
     batch, rng = jax.device_put((batch, jax.random.key(0)), device)
-    start = time.perf_counter()
-    lowered = jitted.lower(state, batch, rng)
-    # Tracing + lowering run in Python in every process; only XLA's part can come from the
-    # persistent compilation cache (lcmsm_jax/compile_cache.py).
-    result["trace_lower_s"] = time.perf_counter() - start
-    compiled = lowered.compile()
-    result["compile_s"] = time.perf_counter() - start
-    result["xla_compile_s"] = result["compile_s"] - result["trace_lower_s"]
+    compiled = _lower_and_compile(jitted, (state, batch, rng), result)[1]
     result.update(step_cost(config))
     result.update(compiled_memory(compiled))
     times = []
