@@ -98,8 +98,6 @@ def _model_choices() -> dict[str, Sequence[str]]:
         "model.dtype": ("float32", "bfloat16", "float16", "float64"),
         "model.depthwise_impl": layers.DEPTHWISE_IMPLS,
         "model.remat": mit.REMAT_MODES,
-        "train.on_eval_error": ("stop", "continue"),
-        "train.backward": ("per_pass", "joint"),
         "model.decode_head.fusion": heads.FUSIONS,
         "model.lcmsm_head.fusion": heads.FUSIONS,
         "model.lcmsm_head.spatial_block": heads.SPATIAL_BLOCKS,
@@ -127,6 +125,8 @@ def _train_choices() -> dict[str, Sequence[str]]:
         "data.target.format": tfds_source.FORMATS,
         "uda.pseudo_label_head": segmentor.HEAD_NAMES,
         "train.compare_with": tuple(methods.METHODS),
+        "train.on_eval_error": ("stop", "continue"),
+        "train.backward": ("per_pass", "joint"),
     }
 
 

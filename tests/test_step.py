@@ -240,6 +240,7 @@ def test_per_pass_backward_equals_the_joint_gradient():
     statistics and teacher after two steps, with every term on (feature distance too)."""
     config = tiny_config()
     config.uda.feature_distance_weight = 0.005
+    config.uda.mask_weight = 0.5  # weights inside each pass's own gradient too
     config.optim.eps = 1e-4  # as above: float rounding of near-zero gradients, not lr-sized
     parts = build(config)
     batch = make_batch(seed=2)

@@ -264,8 +264,8 @@ def make_loss_fn(
             # Step 4: masked, re-augmented source through the LC-MSM head.
             if uda.masked_source:
                 masked = _masked(source, draws["masked_source_aug"], draws["masked_source_mask"])
-                terms["masked_source"] = uda.mask_weight * student.run(
-                    lambda net, text: _ce(passes.student(
+                terms["masked_source"] = student.run(
+                    lambda net, text: _weighted(uda.mask_weight, passes.student(
                         net, masked, label, None, head="lcmsm", text=text,
                         rng=key(_MASKED_SOURCE), box=draws.get("masked_source_box"),
                     ))
@@ -288,9 +288,10 @@ def make_loss_fn(
     return loss_fn
 
 
-def _ce(result: tuple) -> tuple[jax.Array, None]:
-    """`passes.student`'s (loss, logits, features) as `_Student.run` wants it: (loss, None)."""
-    return result[0], None
+def _weighted(weight: float, result: tuple) -> tuple[jax.Array, None]:
+    """`passes.student`'s (loss, logits, features) as `_Student.run` wants it, the loss
+    weighted inside the differentiated function: (weight * loss, None)."""
+    return weight * result[0], None
 
 
 def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, key, terms, aux, k):
@@ -353,8 +354,8 @@ def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, key, t
     # Step 9: masked, re-augmented mixed image through the LC-MSM head, same labels/weights.
     if uda.masked_mix:
         masked = _masked(mixed_image, draws["masked_mix_aug"], draws["masked_mix_mask"])
-        terms["masked_mix"] = uda.mask_weight * student.run(
-            lambda net, text: _ce(passes.student(
+        terms["masked_mix"] = student.run(
+            lambda net, text: _weighted(uda.mask_weight, passes.student(
                 net, masked, mixed_label, mixed_weight, head="lcmsm", text=text,
                 rng=key(_MASKED_MIX), box=draws.get("masked_mix_box"),
             ))
@@ -364,8 +365,8 @@ def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, key, t
     # MIC: masked, augmented target through the DAFormer head with the pseudo-labels.
     if uda.masked_target:
         masked = _masked(target, draws["masked_target_aug"], draws["masked_target_mask"])
-        terms["masked_target"] = uda.mask_weight * student.run(
-            lambda net, text: _ce(passes.student(
+        terms["masked_target"] = student.run(
+            lambda net, text: _weighted(uda.mask_weight, passes.student(
                 net, masked, pseudo, pseudo_weight, head="decode", text=text,
                 rng=key(_MASKED_TARGET), box=draws.get("masked_target_box"),
             ))
