@@ -33,7 +33,7 @@ import platform
 import jax
 from absl import flags
 
-from lcmsm_jax import atomic, config_cli
+from lcmsm_jax import atomic, compile_cache, config_cli
 from lcmsm_jax.bench.forward import benchmark_depthwise, benchmark_forward
 from lcmsm_jax.bench.input_pipeline import benchmark_data, describe_data
 from lcmsm_jax.bench.training import benchmark_segmentor, benchmark_step, compile_step
@@ -148,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         fv = config_cli.parse(PROG, argv, _define_flags, description=DESCRIPTION, examples=EXAMPLES)
     except config_cli.UsageError as err:
         return config_cli.report_usage(PROG, err)
-    config = fv.config
+    # Off for every measurement: a compile time is XLA compiling, never a load of an
+    # earlier run's executable, and a run leaves no entries behind.
+    with compile_cache.disabled():
+        return _measure(fv, fv.config)
+
+
+def _measure(fv: flags.FlagValues, config) -> int:
+    """The measurements `fv.what` asks for (see `main`)."""
     report = {
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.local_devices()],
@@ -161,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "scan_blocks": config.model.get("scan_blocks", True),
         # Other work on the machine slows every figure here: the 1/5/15-minute load.
         "load_average_at_start": list(os.getloadavg()),
-        # Set: a compile time may be a load from this cache (a rerun).
-        "compilation_cache": jax.config.jax_compilation_cache_dir,
+        "compilation_cache": "off (every compile is timed anew)",
     }
     # The step first: peak device memory counts from the process start.
     if "step" in fv.what:

@@ -8,7 +8,9 @@ flags, so a changed config compiles anew. Entries are written and read under a f
 multi-process run only process 0 writes, the others read.
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -46,3 +48,17 @@ def enable(directory: str) -> str | None:
     # anything compiled before this call (or an earlier folder) would have fixed that.
     compilation_cache.reset_cache()
     return path
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """No persistent cache in the block (neither read nor written): what is timed there is
+    XLA compiling, never a load of an earlier run's executable."""
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
