@@ -263,7 +263,7 @@ def _try_restore(restore: Callable[[int], T], step: int) -> tuple[T | None, str 
             raise
         except Exception as err:  # any failure to read it makes the checkpoint unusable
             reason = _reason(err)
-        _wait_for_abandoned_reads()
+        wait_for_orbax_coroutines()
     return None, reason
 
 
@@ -300,8 +300,9 @@ def _muted_read_echoes():
         asyncio_log.removeFilter(mute)
 
 
-def _wait_for_abandoned_reads(timeout: float = 30.0) -> None:
-    """Wait until the coroutines of a failed orbax restore are gone (see above)."""
+def wait_for_orbax_coroutines(timeout: float = 30.0) -> None:
+    """Wait until the coroutines of a failed orbax restore or save are gone (see above):
+    until then its writes in flight may still create files."""
     deadline = time.monotonic() + timeout
     orbax_code = f"{os.sep}orbax{os.sep}"
     while True:

@@ -231,6 +231,7 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
     )  # fmt: skip
     _check_ints(config, [("seed", 0, "0")])
     _check_learning_rate(config)
+    _check_batch_memory(config)
     _check_crop_ratio(config)
     _check_hrda_crop(config)
     _check_margins(config)
@@ -245,6 +246,30 @@ def check_train_config(config: config_dict.ConfigDict) -> list[str]:
             "the learning rate never reaches config.optim.lr"
         )
     return warnings
+
+
+# Host bytes per pixel of a training batch as the pipeline hands it over: a float32 RGB
+# image and an int32 label. The network's activations come on top (several times more).
+_INPUT_BYTES_PER_PIXEL = 3 * 4 + 4
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_batch_memory(config) -> None:
+    """data.batch_size: one batch of source and target crops must fit in this machine's
+    memory at least as input arrays (otherwise building it runs until the memory is gone)."""
+    batch, (height, width) = config.data.batch_size, config.data.crop_size
+    needed = 2 * batch * height * width * _INPUT_BYTES_PER_PIXEL  # source + target
+    memory = _physical_memory()
+    if needed > memory:
+        raise UsageError(
+            f"config.data.batch_size = {batch}: its source and target crops of {height}x{width} "
+            f"alone take {needed / 1e9:.1f} GB as input arrays, more than this machine's "
+            f"{memory / 1e9:.1f} GB of memory (the network's activations come on top); the "
+            f"paper's is 2 per domain: pass e.g. --config.data.batch_size=2"
+        )
 
 
 def _check_learning_rate(config) -> None:

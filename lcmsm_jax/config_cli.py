@@ -197,6 +197,7 @@ def help_text(
     for name in flag_values:
         flag = flag_values[name]
         unset = flag.default is None or flag.default is False or flag.default == ""
+        unset = unset or "(default:" in flag.help  # the help says what the default means
         default = "" if unset else f" (default: {flag.default})"
         lines.append(f"  --{name.replace('_', '-')}: {flag.help}{default}")
     lines += [

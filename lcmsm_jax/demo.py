@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 
 from lcmsm_jax import config_cli, ladder, sharding, train
+from lcmsm_jax.guards import StopSignals
 from lcmsm_jax.progress import say
 
 PROG = "lcmsm-demo"
@@ -45,14 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         return config_cli.report_usage(PROG, err)
     for warning in warnings:
         say(f"{PROG}: warning: {warning}")
-    status, result = train.run_command(PROG, config, fv.workdir)
-    if status or result.get("step") != config.train.steps:
-        return status  # diverged, preempted or stopped early (train.stop_at): nothing to compare
-    try:
-        ladder.compare(config, fv.workdir, result["eval"] or None)
-    except train.NonFiniteLossError as err:
-        say(f"{PROG}: comparison run: {err}")
-        return 1
-    except train.Preempted:  # a comparison run checkpointed; rerunning resumes it
-        return 0
+    # One set of handlers for all the runs: a signal between two runs stops the next one
+    # before its first step, with a line (train.train reuses these handlers).
+    with StopSignals.installed():
+        status, result = train.run_command(PROG, config, fv.workdir)
+        if status or result.get("step") != config.train.steps:
+            return status  # diverged, preempted or stopped early (stop_at): nothing to compare
+        try:
+            ladder.compare(config, fv.workdir, result["eval"] or None)
+        except train.NonFiniteLossError as err:
+            say(f"{PROG}: comparison run: {err}")
+            return 1
+        except train.Preempted:  # a comparison run checkpointed; rerunning resumes it
+            return 0
     return 0

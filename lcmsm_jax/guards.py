@@ -33,13 +33,22 @@ class EvaluationFailed(RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM/SIGINT stopped the run after checkpointing `step` at `path`; rerunning the same
-    command resumes from there."""
+    """SIGTERM/SIGINT stopped the run after checkpointing `step` at `path` (or before its
+    first step: `path` None); rerunning the same command resumes from there."""
 
-    def __init__(self, step: int, path: Path):
-        super().__init__(
-            f"preempted at step {step}: checkpoint saved to {path}; run the same command to resume"
-        )
+    def __init__(self, step: int, path: Path | None, signal_name: str | None = None):
+        if path is None:
+            message = (
+                f"{signal_name or 'a stop signal'} received before the first step of this "
+                f"session: stopped at step {step}, nothing new to save; run the same command "
+                "to go on"
+            )
+        else:
+            message = (
+                f"preempted at step {step}: checkpoint saved to {path}; run the same command "
+                "to resume"
+            )
+        super().__init__(message)
         self.step, self.path = step, path
 
 
@@ -149,7 +158,11 @@ class LossWatch:
 
 
 class StopSignals:
-    """SIGTERM / SIGINT during the loop: finish the step, checkpoint, stop.
+    """SIGTERM / SIGINT from set-up to the last save: finish the step, checkpoint, stop.
+
+    Installed for a whole command (`lcmsm-demo` holds one across its runs; each `train()`
+    inside reuses it), so a signal during set-up, compilation, the last step or between two
+    runs is noted and acted on at the next step boundary, never lost to the default handler.
 
     Single process: Python handlers note the signal; the loop stops after the step in
     progress. Multi-process: all processes must save the same step, so JAX's preemption
@@ -158,16 +171,26 @@ class StopSignals:
     signal restores the previous handler and re-raises, stopping at once.
     """
 
-    def __init__(self, manager):
-        self._manager = manager
-        self._multi = jax.process_count() > 1
+    _active: StopSignals | None = None  # the installed instance, shared by nested blocks
+
+    def __init__(self):
         self._previous: dict[int, object] = {}
+        self._depth = 0
         self.received: str | None = None
 
+    @classmethod
+    def installed(cls) -> StopSignals:
+        """The instance of the enclosing block, or a new one (enter it with `with`)."""
+        return cls._active or cls()
+
     def __enter__(self) -> StopSignals:
+        self._depth += 1
+        if self._depth > 1:
+            return self
+        StopSignals._active = self
         if threading.current_thread() is not threading.main_thread():
             return self  # handlers can only be installed from the main thread
-        if not self._multi:
+        if jax.process_count() == 1:
             wanted = (signal.SIGTERM, signal.SIGINT)
         elif jax.config.jax_enable_preemption_service and jax.distributed.is_initialized():
             wanted = (signal.SIGINT,)
@@ -178,7 +201,10 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._restore()
+        self._depth -= 1
+        if self._depth == 0:
+            self._restore()
+            StopSignals._active = None
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -191,12 +217,12 @@ class StopSignals:
             signal.raise_signal(signum)
             return
         self.received = signal.Signals(signum).name
-        if self._multi:
+        if jax.process_count() > 1:
             signal.raise_signal(signal.SIGTERM)  # to the preemption service's handler
 
-    def requested(self, step: int) -> bool:
+    def requested(self, step: int, manager) -> bool:
         """Whether to checkpoint and stop after `step`; in a multi-process run it must be
-        called at every step by every process."""
-        if self._multi:
-            return bool(self._manager.reached_preemption(step))
+        called at every step by every process (with the run's checkpoint manager)."""
+        if jax.process_count() > 1:
+            return bool(manager.reached_preemption(step))
         return self.received is not None

@@ -96,6 +96,7 @@ class TrainingLine:
         self.images_per_step = images_per_step
         self._last_step = start_step
         self._last_time = time.perf_counter()
+        self._first = True  # the first line's time includes compiling the step
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.perf_counter()
@@ -103,6 +104,17 @@ class TrainingLine:
         seconds_per_step = (now - self._last_time) / steps
         self._last_step, self._last_time = step, now
         eta = seconds_per_step * (self.total - step)
+        if self._first:
+            self._first = False
+            timing = (
+                f"{progress.format_seconds(seconds_per_step * steps)} with compiling "
+                "| speed and ETA from the next line"
+            )
+        else:
+            timing = (
+                f"{self.images_per_step / seconds_per_step:.2f} img/s "
+                f"| ETA {progress.format_seconds(eta)}"
+            )
         losses = " ".join(
             f"{k.removeprefix('loss/')}={v:.4f}"
             for k, v in metrics.items()
@@ -112,7 +124,5 @@ class TrainingLine:
         if "pseudo_label_quality" in metrics:
             extra = f" q={metrics['pseudo_label_quality']:.3f}"
         return (
-            f"step {step}/{self.total} {losses}{extra} lr={metrics['lr']:.3e} "
-            f"| {self.images_per_step / seconds_per_step:.2f} img/s "
-            f"| ETA {progress.format_seconds(eta)}"
+            f"step {step}/{self.total} {losses}{extra} lr={metrics['lr']:.3e} | {timing}"
         )

@@ -14,6 +14,9 @@ and the checks before resuming in `lcmsm_jax/run_state.py`):
     JAX's preemption service picks a step that every process reaches;
   * a non-finite loss or training state stops the run before it is saved, naming the step,
     its batch and the last good checkpoint (all saved states are checked finite);
+  * before the first compile, the workdir and checkpoint folder must be writable with room
+    for one checkpoint; a failed save is reported once and its unfinished folder removed
+    (`lcmsm_jax/storage.py`);
   * resuming compares config.json before anything is written: another model is refused, other
     changes are reported; an unreadable newest checkpoint is renamed `<step>.corrupt` and the
     one before it used; records logged after the restored step are dropped from
@@ -45,6 +48,7 @@ from lcmsm_jax import (
     optim,
     run_state,
     sharding,
+    storage,
     text,
     visualize,
     workdir_lock,
@@ -135,21 +139,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     another model, checkpoint.CheckpointError when none of the run's checkpoints reads.
     """
     sharding.initialize_distributed(config.mesh)  # first: before anything touches a device
+    # From here to the last save a signal is noted and acted on at the next step boundary.
+    with StopSignals.installed() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stop) -> dict:
     compile_cache.enable(config.get("compile_cache_dir", ""))
     _check_train_keys(config)
     workdir = Path(workdir).absolute()
     changes = run_state.check_resume_config(config, workdir)  # before anything is written
-    workdir.mkdir(parents=True, exist_ok=True)
+    storage.check_writable(workdir, "--workdir")  # creates it
     # One run per workdir (process 0 holds it for the processes of a multi-process run).
     lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         run_state.report_unfinished_saves(workdir)
-        # Every way out of this block (return, exception, signal) waits for the save in
-        # flight and closes the manager: leaving earlier would drop that checkpoint.
-        with checkpoint.run_manager(
-            workdir, max_to_keep=config.train.keep_checkpoints, cleanup_tmp=True
-        ) as manager:
-            return _run(config, workdir, manager, changes)
+        storage.check_writable(workdir / checkpoint.RUN_CHECKPOINTS, "the checkpoint folder")
+        with storage.quiet_background_errors():
+            manager = checkpoint.run_manager(
+                workdir, max_to_keep=config.train.keep_checkpoints, cleanup_tmp=True
+            )
+            # Every way out (return, exception, signal) waits for the save in flight and
+            # closes the manager: leaving earlier would drop that checkpoint.
+            try:
+                result = _run(config, workdir, manager, changes, stop)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first error is the one reported
+                    manager.close()
+                raise
+            with storage.saving(Path(manager.directory), result["step"]):
+                manager.close()
+            return result
 
 
 def _jit_train_step(config, graphdef, imnet_graphdef, tx, schedule, state_sharding, batch_sharding):
@@ -167,7 +187,9 @@ def _jit_train_step(config, graphdef, imnet_graphdef, tx, schedule, state_shardi
     )
 
 
-def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: list) -> dict:
+def _run(
+    config: ml_collections.ConfigDict, workdir: Path, manager, changes: list, stop: StopSignals
+) -> dict:
     """Set up and run the loop with an open checkpoint manager (see the module docstring)."""
     is_main = jax.process_index() == 0
     if manager.all_steps():  # refused before any work when it cannot resume
@@ -204,6 +226,8 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
     state_sharding = sharding.state_shardings(state, mesh, config.mesh.fsdp)
     state = jax.device_put(state, state_sharding)
     del model, params
+    directory = Path(manager.directory)
+    storage.check_room(directory, storage.checkpoint_bytes(state))  # before compiling
 
     # ------------------------------------------------------------------ jit
     train_step = _jit_train_step(
@@ -216,7 +240,6 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
         evaluator = evaluate.make_evaluator(config, graphdef, mesh)
 
     # ------------------------------------------------------------------ restore
-    directory = Path(manager.directory)
     found = run_state.resume(manager, state, source_it, target_it, changes) if resuming else None
     if found is not None:
         state = jax.device_put(found[0], state_sharding)
@@ -239,51 +262,73 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, manager, changes: lis
     watch = LossWatch()
     describe = functools.partial(_batch_names, config, target_labels=target_labels)
     last, results = {}, {}
+    saved = None  # the step of the last save queued
     # stop_at ends this session early (time-limited jobs); resuming continues to `steps`.
     end = min(steps, config.train.stop_at) if config.train.stop_at > 0 else steps
     try:
-        with StopSignals(manager) as stop:
-            for done in range(start + 1, end + 1):  # `done` = steps completed after this one
-                batch, items = _next_batch(source_it, target_it, batch_sharding, target_labels)
-                state, metrics = train_step(state, batch, rng)
-                images = metrics.pop("images", None)
-                watch.add(done, metrics, items)
-                at = functools.partial(_due, done)
-                stopping = stop.requested(done) and done < end  # `end` is saved anyway
-                if stopping:
-                    say(f"{stop.received or 'preemption notice'} received: checkpointing "
-                        f"step {done}, then stopping")  # fmt: skip
-                evaluating = evaluator is not None and (at(config.train.eval_every)
-                                                        or done == steps)  # fmt: skip
-                # An evaluation step is also a checkpoint step, saved before evaluating: a
-                # failing evaluation (a bad val file, out of memory) never loses the step.
-                saving = (at(config.train.checkpoint_every) or done in (steps, end)
-                          or stopping or evaluating)  # fmt: skip
-                if at(config.train.log_every) or saving or watch.full:
-                    last = watch.check(manager, describe, directory)
-                    if at(config.train.log_every) or saving:
-                        say(steps_done.line(done, last))
-                        log.write(done, last, prefix="train/")
-                if images is not None and at(config.train.image_every):
-                    _save_panel(workdir, done, batch, jax.device_get(images), is_main)
-                if saving:
-                    check_state(state, done, manager, directory=directory,
-                                batch=functools.partial(describe, items))  # fmt: skip
-                    run_state.save(manager, state, source_it, target_it, config)
-                if evaluating:
-                    manager.wait_until_finished()  # the step is on disk before evaluating
-                    evaluated = _evaluate_or_report(evaluator, state, config, workdir, done,
-                                                    directory / str(done))  # fmt: skip
-                    if evaluated is not None:
-                        results = evaluated
-                        log.write(done, {"mIoU": results["mIoU"]}, prefix="eval/")
-                if stopping:
+        if stop.received and jax.process_count() == 1:  # during set-up: nothing to save
+            preempted = Preempted(start, None, stop.received)
+            say(str(preempted))
+            raise preempted
+        if end > start:
+            say(f"compiling the training step, then steps {start + 1}-{end} of {steps} (the "
+                "first step includes the compile: minutes on a CPU; a rerun loads it from the "
+                "compilation cache)")  # fmt: skip
+        for done in range(start + 1, end + 1):  # `done` = steps completed after this one
+            batch, items = _next_batch(source_it, target_it, batch_sharding, target_labels)
+            state, metrics = train_step(state, batch, rng)
+            images = metrics.pop("images", None)
+            with storage.saving(directory, saved):  # a background save that failed
+                manager.check_for_errors()
+            watch.add(done, metrics, items)
+            at = functools.partial(_due, done)
+            stopping = stop.requested(done, manager) and done < end  # `end` is saved anyway
+            if stopping:
+                say(f"{stop.received or 'preemption notice'} received: checkpointing "
+                    f"step {done}, then stopping")  # fmt: skip
+            evaluating = evaluator is not None and (at(config.train.eval_every)
+                                                    or done == steps)  # fmt: skip
+            # An evaluation step is also a checkpoint step, saved before evaluating: a
+            # failing evaluation (a bad val file, out of memory) never loses the step.
+            saving = (at(config.train.checkpoint_every) or done in (steps, end)
+                      or stopping or evaluating)  # fmt: skip
+            if at(config.train.log_every) or saving or watch.full:
+                last = watch.check(manager, describe, directory)
+                if at(config.train.log_every) or saving:
+                    say(steps_done.line(done, last))
+                    log.write(done, last, prefix="train/")
+            if images is not None and at(config.train.image_every):
+                _save_panel(workdir, done, batch, jax.device_get(images), is_main)
+            if saving:
+                check_state(state, done, manager, directory=directory,
+                            batch=functools.partial(describe, items))  # fmt: skip
+                with storage.saving(directory, saved):  # the previous save, done
                     manager.wait_until_finished()
-                    preempted = Preempted(done, directory / str(done))
-                    say(str(preempted))
-                    raise preempted
-            # Still under the handlers: a signal now must not kill the final save.
+                saved = done
+                with storage.saving(directory, saved):
+                    run_state.save(manager, state, source_it, target_it, config)
+            if evaluating:
+                with storage.saving(directory, saved):  # on disk before evaluating
+                    manager.wait_until_finished()
+                evaluated = _evaluate_or_report(evaluator, state, config, workdir, done,
+                                                directory / str(done))  # fmt: skip
+                if evaluated is not None:
+                    results = evaluated
+                    log.write(done, {"mIoU": results["mIoU"]}, prefix="eval/")
+            if stopping:
+                with storage.saving(directory, saved):
+                    manager.wait_until_finished()
+                preempted = Preempted(done, directory / str(done))
+                say(str(preempted))
+                raise preempted
+        # Still under the handlers: a signal now must not kill the final save.
+        with storage.saving(directory, saved):
             manager.wait_until_finished()
+        if stop.received:  # during the last step, its evaluation or its save
+            say(f"{stop.received} received during the last step: it is saved; stopping")
+            preempted = Preempted(end, directory / str(end))
+            say(str(preempted))
+            raise preempted
     finally:
         log.close()
     return {"metrics": last, "eval": results, "step": end}
@@ -373,7 +418,9 @@ def run_command(prog: str, config: ml_collections.ConfigDict, workdir: str) -> t
     another model 2."""
     try:
         result = train(config, workdir)
-    except (NonFiniteLossError, EvaluationFailed) as err:
+    except (NonFiniteLossError, EvaluationFailed, storage.StorageError) as err:
+        if config_cli.debug_enabled():
+            raise
         say(f"{prog}: {err}")
         return 1, {}
     except Preempted:  # checkpointed; train() said where
@@ -382,6 +429,12 @@ def run_command(prog: str, config: ml_collections.ConfigDict, workdir: str) -> t
         return config_cli.report_usage(prog, err), {}
     if result["eval"]:
         say(f"final mIoU {result['eval']['mIoU']:.2f} at step {result['step']}")
+    where = Path(workdir).absolute() / checkpoint.RUN_CHECKPOINTS / str(result["step"])
+    if result["step"] < config.train.steps:
+        say(f"stopped at step {result['step']} of {config.train.steps} (config.train.stop_at): "
+            f"checkpoint {where}; run the same command to go on")  # fmt: skip
+    else:
+        say(f"training done: {config.train.steps} steps, checkpoint {where}")
     return 0, result
 
 

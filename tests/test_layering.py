@@ -26,6 +26,7 @@ LAYERS = {
             "optim",
             "progress",
             "state_dicts",
+            "storage",
             "text",
             "workdir_lock",
         ),

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,16 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from lcmsm_jax import checkpoint, config_cli, metrics_log, models, train
+from lcmsm_jax import (
+    checkpoint,
+    config_cli,
+    demo,
+    ladder,
+    metrics_log,
+    models,
+    storage,
+    train,
+)
 
 ROOT = Path(__file__).parents[1]
 CONFIG = str(ROOT / "configs" / "base.py")
@@ -268,6 +278,110 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path):
     assert f"pid {os.getpid()}" in (tmp_path / "run" / "run.lock").read_text()
 
 
+# ----------------------------------------------------------------------------- disks and folders
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """`folder` (created, under a world-traversable parent) cannot be written to by this
+    process: mode 0555, and when running as root (who ignores modes) with the effective uid
+    of `nobody` for the duration of the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.seteuid(65534)
+    try:
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def open_tmp():
+    """A folder under /tmp that any user may enter and write to (tmp_path's parents are
+    private to the user running the tests)."""
+    path = Path(tempfile.mkdtemp(prefix="lcmsm-open-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_read_only_checkpoint_folder_is_refused_before_anything_runs(open_tmp):
+    workdir = open_tmp / "run"
+    workdir.mkdir(mode=0o777)
+    workdir.chmod(0o777)
+    with _read_only(workdir / "checkpoints"):
+        status, printed = run(workdir)
+    lines = [x for x in printed.splitlines() if x.strip()]
+    assert status == 1 and len(lines) == 1, printed
+    assert lines[0] == (
+        f"lcmsm-train: the checkpoint folder {workdir / 'checkpoints'} is not writable "
+        "(permission denied); make it writable or train in another --workdir"
+    )
+    assert not list((workdir / "checkpoints").iterdir())
+
+
+def test_too_little_room_for_one_checkpoint_is_refused_before_compiling(tmp_path, monkeypatch):
+    needed = []
+    estimate = storage.check_room
+
+    def record(folder, size):  # the estimate, given the real free space
+        needed.append(size)
+        estimate(folder, size)
+
+    monkeypatch.setattr(storage, "check_room", record)
+    status, _ = run(tmp_path / "measured", "--config.train.steps=2")
+    assert status == 0
+    written = sum(f.stat().st_size for f in (tmp_path / "measured/checkpoints/2").rglob("*")
+                  if f.is_file())  # fmt: skip
+    # The estimate covers what one checkpoint takes, without a gross overestimate.
+    assert written <= needed[0] <= written + 2 * storage._MARGIN_BYTES, (written, needed)
+
+    monkeypatch.setattr(storage, "check_room", estimate)
+    disk = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(storage.shutil, "disk_usage",
+                        lambda path: disk._replace(free=needed[0] - 1))  # fmt: skip
+    status, printed = run(tmp_path / "run")
+    lines = [x for x in printed.splitlines() if x.strip()]
+    assert status == 1, printed
+    assert lines[-1].startswith(f"lcmsm-train: {tmp_path / 'run' / 'checkpoints'} has "), printed
+    assert f"needs about {needed[0] / 1e9:.2f} GB" in lines[-1]
+    assert not any(x.startswith("step ") for x in lines)  # refused before the first step
+    assert steps_saved(tmp_path / "run") == []
+
+
+def test_a_failed_save_is_one_line_and_leaves_no_unfinished_folder(tmp_path):
+    """A real failing write: the checkpoint's data files exceed the process's file-size
+    limit (`ulimit -f`; Python ignores SIGXFSZ, so the write fails with EFBIG). The run
+    compiles without the session's cache, whose entries the limit would truncate."""
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    limited = ["bash", "-c", 'ulimit -f 1000 && exec "$@"', "--"]  # 1000 blocks of 1 KiB
+    done = subprocess.run(
+        [*limited, sys.executable, "-m", "lcmsm_jax.train", *ARGS, "--workdir", str(workdir),
+         "--config.compile_cache_dir="],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    printed = done.stdout + done.stderr
+    print(printed)
+    assert done.returncode == 1
+    assert "Traceback" not in printed and "ERROR:" not in printed
+    reports = [x for x in printed.splitlines() if x.startswith("lcmsm-train:")]
+    assert reports == [
+        f"lcmsm-train: the checkpoint of step 2 could not be written to {workdir / 'checkpoints'}"
+        ": file too large (a file-size limit: `ulimit -f`, or the file system's); its "
+        "unfinished folder was removed; of this run's checkpoints, none is complete yet; free "
+        "space or train in another --workdir"
+    ]
+    assert not any(x.startswith("step 6/") for x in printed.splitlines())  # it stopped
+    assert list((workdir / "checkpoints").iterdir()) == []
+    status, _ = run(workdir, "--config.train.steps=2")  # without the limit, it trains
+    assert status == 0 and steps_saved(workdir) == ["2"]
+
+
 def _evaluation_failing(monkeypatch, error: Exception) -> list[int]:
     """Every evaluation during training raises `error` (as a deleted val label would);
     returns the steps whose evaluation was attempted. Checkpoints on disk at the moment of
@@ -339,6 +453,47 @@ def test_ctrl_c_checkpoints_the_step_and_the_rerun_matches(reference, tmp_path, 
     assert status == 0 and f"initial weights: resumed from {where}" in printed
     assert records(tmp_path / "run") == records(reference)
     assert_same_arrays(saved(tmp_path / "run", STEPS), saved(reference, STEPS))
+
+
+def test_a_signal_during_set_up_stops_before_the_first_step(tmp_path, monkeypatch):
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    resolve = train.text.resolve
+
+    def resolve_and_get_sigterm(*args, **kwargs):  # while the model is being set up
+        signal.raise_signal(signal.SIGTERM)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(train.text, "resolve", resolve_and_get_sigterm)
+    status, printed = run(tmp_path / "run")
+    assert status == 0
+    assert (
+        "SIGTERM received before the first step of this session: stopped at step 0, nothing "
+        "new to save; run the same command to go on" in printed
+    )
+    assert not any(x.startswith("step ") for x in printed.splitlines())  # nothing compiled
+    assert steps_saved(tmp_path / "run") == []
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_a_signal_during_the_last_step_stops_the_demo_before_its_comparisons(
+    tmp_path, monkeypatch
+):
+    compared = []
+    monkeypatch.setattr(ladder, "compare", lambda *args, **kwargs: compared.append(args))
+    sigterm = functools.partial(signal.raise_signal, signal.SIGTERM)
+    monkeypatch.setattr(train, "_next_batch", _failing_at(STEPS, sigterm))
+    out = io.StringIO()
+    workdir = tmp_path / "run"
+    with contextlib.redirect_stdout(out):
+        status = demo.main([*ARGS, "--workdir", str(workdir),
+                            "--config.train.compare_with=('source_only',)"])  # fmt: skip
+    printed = out.getvalue()
+    print(printed)
+    assert status == 0
+    assert "SIGTERM received during the last step: it is saved; stopping" in printed
+    assert f"preempted at step {STEPS}: checkpoint saved to {workdir / 'checkpoints'}" in printed
+    assert steps_saved(workdir) == ["2", "4", "6"]
+    assert compared == []  # the comparison runs did not start
 
 
 def _poison(key: str, before_step: int):

@@ -82,6 +82,10 @@ TRAIN_USAGE = {
     "negative_lr": (["--config.optim.lr=-1"], ["config.optim.lr = -1", "finite number > 0"]),
     "nan_lr": (["--config.optim.lr=nan"], ["config.optim.lr = nan", "finite number > 0"]),
     "negative_seed": (["--config.seed=-1"], ["config.seed = -1", "an integer >= 0"]),
+    "batch_beyond_memory": (
+        ["--config.data.batch_size=10000000"],
+        ["config.data.batch_size = 10000000", "GB as input arrays", "--config.data.batch_size=2"],
+    ),
     "unknown_backward": (
         ["--config.train.backward=both"],
         ["config.train.backward = 'both'", "per_pass, joint"],
