@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from lcmsm_jax import inference, miou, sharding
 from lcmsm_jax.data import labels as label_tables
+from lcmsm_jax.data import pipeline
 from lcmsm_jax.progress import Progress
 
 HEADS = ("decode", "lcmsm")
@@ -73,6 +74,37 @@ def global_batch_size(requested: int, mesh: Mesh) -> int:
     """`requested` rounded up to a multiple of the data-axis size (shards must be equal)."""
     n = mesh.shape[DATA_AXIS]
     return -(-max(int(requested), 1) // n) * n
+
+
+def same_size_parts(batch: dict) -> list[dict]:
+    """The same-size batches of one evaluation batch (`pipeline.stack_by_size`), in an order
+    every process shares: with several processes, each runs one part per size present on
+    any process (all padding where it has none), since they step together."""
+    parts = batch["parts"] if "parts" in batch else [batch]
+    if jax.process_count() == 1:
+        return parts
+    from jax.experimental import multihost_utils
+
+    rows = len(parts[0]["valid"])
+    keys = np.full((rows, 4), -1, np.int64)  # at most one size per row
+    keys[: len(parts)] = [pipeline.size_key(_row(part)) for part in parts]
+    everywhere = np.asarray(multihost_utils.process_allgather(keys)).reshape(-1, 4)
+    mine = {pipeline.size_key(_row(part)): part for part in parts}
+    ordered = []
+    for key in sorted({tuple(int(v) for v in k) for k in everywhere if k[0] >= 0}):
+        if key not in mine:
+            h, w, label_h, label_w = key
+            row = {"image": np.zeros((h, w, 3), np.float32)}
+            if label_h:
+                row["label"] = np.zeros((label_h, label_w), np.int32)
+            padding = pipeline.padding_like(row)
+            mine[key] = {k: np.stack([v] * rows) for k, v in padding.items()}
+        ordered.append(mine[key])
+    return ordered
+
+
+def _row(batch: dict) -> dict:
+    return {k: v[0] for k, v in batch.items()}
 
 
 def process_local_rows(array: jax.Array) -> np.ndarray:
@@ -195,21 +227,25 @@ class Evaluator:
         # The first batch's time includes compilation: the rate leaves it out.
         progress = Progress("eval", num_images, stream=stream, skip_first=True, tenths=False)
         images = 0
-        for local in dataset:
-            batch = {
-                k: jax.make_array_from_process_local_data(self.batch_sharding, local[k])
-                for k in ("image", "label", "valid")
-            }
-            previous = total
-            total, pred = self._step(
-                *weights, batch, total, with_predictions=on_predictions is not None
-            )
-            if on_predictions is not None:
-                keep = np.asarray(local["valid"], bool)
-                on_predictions(process_local_rows(pred)[keep], np.asarray(local["index"])[keep])
-            # Wait for the previous batch only: one batch stays in flight, the queue bounded.
-            jax.block_until_ready(previous)
-            n = int(np.sum(local["valid"])) * jax.process_count()
+        for batch_of_sizes in dataset:
+            n = 0
+            for local in same_size_parts(batch_of_sizes):
+                batch = {
+                    k: jax.make_array_from_process_local_data(self.batch_sharding, local[k])
+                    for k in ("image", "label", "valid")
+                }
+                previous = total
+                total, pred = self._step(
+                    *weights, batch, total, with_predictions=on_predictions is not None
+                )
+                if on_predictions is not None:
+                    keep = np.asarray(local["valid"], bool)
+                    on_predictions(
+                        process_local_rows(pred)[keep], np.asarray(local["index"])[keep]
+                    )
+                # Wait for the previous batch only: one stays in flight, the queue bounded.
+                jax.block_until_ready(previous)
+                n += int(np.sum(local["valid"])) * jax.process_count()
             images += n
             progress.update(n)
         results = miou.metrics_from_confusion(

@@ -207,7 +207,7 @@ def prediction_pictures(
         ]
         tiles += [(caption, labels.colorize(pred[i])) for caption, pred in predictions.items()]
         path = Path(out_dir) / f"prediction_{i:02d}.png"
-        visualize.save_png(path, visualize.tile_grid([tiles]))
+        visualize.save_png(path, visualize.tile_grid([tiles], legend=True))
         paths.append(path)
     return paths
 

@@ -654,3 +654,39 @@ def test_usage_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(ValueError, match="config.eval.mode"):
         config.eval.mode = "sliding"
         InferenceSpec.from_config(config.eval)
+
+
+class _HalfWidthOdd:
+    """A source whose odd images (and labels) are cut to their left half: an evaluation split
+    of two image sizes."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        example = dict(self.source[index])
+        if index % 2:
+            width = example["image"].shape[1] // 2
+            example["image"] = example["image"][:, :width]
+            example["label"] = example["label"][:, :width]
+        return example
+
+
+def test_mixed_size_images_are_evaluated_each_at_its_own_size(sharded_runs):
+    """Batches holding two image sizes give the predictions and confusion of evaluating
+    every image alone."""
+    _, _, source, _, (evaluator, weights) = sharded_runs
+    mixed = _HalfWidthOdd(source)
+    together, predicted = run_evaluation(evaluator, weights, mixed, batch_size=4)
+    confusion = np.zeros_like(np.asarray(together["confusion"]))
+    for index in range(len(mixed)):
+        alone, seen = run_evaluation(evaluator, weights, [mixed[index]], batch_size=1)
+        prediction = seen[0]
+        confusion += np.asarray(alone["confusion"])
+        np.testing.assert_array_equal(predicted[index], prediction)
+        assert prediction.shape == mixed[index]["label"].shape
+    np.testing.assert_array_equal(np.asarray(together["confusion"]), confusion)
+    assert together["num_images"] == len(mixed)

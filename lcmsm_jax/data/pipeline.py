@@ -13,7 +13,9 @@ Batches are dicts of numpy arrays:
          the source has labels), index [B] int32 (image index in the source), target_valid
          [B, h, w] uint8 (1 where pseudo-labels count; only with non-zero pseudo_margins)
   eval:  image [B, h, w, 3] float32 (keep-ratio resized), label [B, H, W] int32 at native
-         resolution, valid [B] bool (False on padding), index [B] int32 (-1 on padding)
+         resolution, valid [B] bool (False on padding), index [B] int32 (-1 on padding);
+         a batch whose images differ in size is {"parts": [batch, ...]}, one full batch per
+         size with the other rows padding (`stack_by_size`)
 
 Iterators are grain `DatasetIterator`s: `get_state()` / `set_state()` resume at the next batch,
 and orbax saves them with `grain.checkpoint.CheckpointSave(iterator)` in a Composite
@@ -331,15 +333,50 @@ def eval_dataset(
 
     Every process gets the same number of batches, ceil(ceil(N / P) / B); the last ones are
     padded with `valid = False`, label 255 and index -1 so that all processes step together.
-    Images in one batch must share a size (true of each evaluation split).
+    A batch of images of several sizes comes as same-size parts (`stack_by_size`).
     """
     per_process = -(-len(source) // process_count)
     padded = -(-per_process // batch_size) * batch_size
     ds = grain.MapDataset.range(padded).map(
         EvalExample(source, scale, process_index, process_count)
     )
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=stack_by_size)
     return _to_iter(ds, num_threads, prefetch_batches, worker_count, worker_buffer)
+
+
+def size_key(example: dict[str, np.ndarray]) -> tuple[int, int, int, int]:
+    """(image h, w, label H, W) of an eval example (label size 0 x 0 when unlabelled)."""
+    label = example["label"].shape[-2:] if "label" in example else (0, 0)
+    return (*example["image"].shape[-3:-1], *label)
+
+
+def padding_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A padding row of `example`'s sizes: zero image, label 255, not valid, index -1."""
+    out = {"image": np.zeros_like(example["image"]), "valid": np.bool_(False),
+           "index": np.int32(-1)}  # fmt: skip
+    if "label" in example:
+        out["label"] = np.full_like(example["label"], 255)
+    return out
+
+
+def _stack(examples) -> dict[str, np.ndarray]:
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def stack_by_size(examples) -> dict:
+    """grain batch function: one batch of same-size examples, or, when an evaluation split
+    holds images of several sizes, {"parts": [...]}: per size (in order of appearance) a
+    full batch with that size's examples in their rows and padding in the others, so every
+    part has the batch's length and the model sees each image at its own size."""
+    sizes = list(dict.fromkeys(size_key(e) for e in examples))
+    if len(sizes) == 1:
+        return _stack(examples)
+    parts = []
+    for size in sizes:
+        first = next(e for e in examples if size_key(e) == size)
+        parts.append(_stack([e if size_key(e) == size else padding_like(first)
+                             for e in examples]))  # fmt: skip
+    return {"parts": parts}
 
 
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict:
