@@ -61,3 +61,78 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with replace_file(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+def make_temp_folder(parent: str | os.PathLike, prefix: str) -> str:
+    """A new hidden folder in `parent` to build an output in before renaming it into place.
+
+    tempfile.mkdtemp makes it private (0700); once renamed it is the output itself, so it
+    gets the permissions of an ordinary mkdir (0777 less the umask)."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+# ----------------------------------------------------------------------------- output flags
+
+
+class OutputPathError(OSError):
+    """An output flag (`--out`, `--export-dir`, ...) names a path that cannot be written;
+    the message names the flag, the path and what to pass instead."""
+
+
+def check_output_folder(folder: str | os.PathLike, flag: str) -> Path:
+    """Refuse (OutputPathError) an output folder that is a file or cannot be created or
+    written into, before any work is done. Nothing is created."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(
+            f"{flag} {folder} is a file; pass a folder (it is created if missing)"
+        )
+    _check_creatable(folder, flag, folder)
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, flag: str, suffix: str = "") -> Path:
+    """Refuse (OutputPathError) an output file path that is a folder, or whose folder
+    cannot be created or written into. Nothing is created. `suffix` (".npz") goes into the
+    example file name the message suggests."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(
+            f"{flag} {path} is a folder; pass a file name (e.g. {path / ('out' + suffix)})"
+        )
+    _check_creatable(path.parent, flag, path)
+    return path
+
+
+def make_output_folder(folder: str | os.PathLike, flag: str) -> Path:
+    """`check_output_folder`, then create `folder` (and its parents); an error of the
+    creation names the flag too."""
+    folder = check_output_folder(folder, flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(
+            f"{flag} {folder}: cannot create it ({err.strerror or err}); pass a folder you can "
+            "write to"
+        ) from err
+    return folder
+
+
+def _check_creatable(folder: Path, flag: str, given: Path) -> None:
+    """`folder` is a writable folder, or can be created in its nearest existing ancestor."""
+    existing = folder.absolute()
+    while not (existing.exists() or existing.is_symlink()):  # a dangling link exists too
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(
+            f"{flag} {given}: {existing} is not a folder; pass a path in a folder that exists or "
+            "can be created"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "write into" if existing == folder.absolute() else f"create {folder} in"
+        raise OutputPathError(
+            f"{flag} {given}: cannot {where} {existing} (not writable); pass a path you can "
+            "write to"
+        )

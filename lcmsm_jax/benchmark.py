@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         fv = config_cli.parse(PROG, argv, _define_flags, description=DESCRIPTION, examples=EXAMPLES)
     except config_cli.UsageError as err:
         return config_cli.report_usage(PROG, err)
+    if fv.json:  # before minutes of measuring
+        atomic.check_output_file(fv.json, "--json", suffix=".json")
     # Off for every measurement: a compile time is XLA compiling, never a load of an
     # earlier run's executable, and a run leaves no entries behind.
     with compile_cache.disabled():

@@ -365,41 +365,10 @@ def restore_weights(
     run_dir = workdir / RUN_CHECKPOINTS
     if run_dir.is_dir() and any(run_dir.iterdir()):
         manager = run_manager(workdir, max_to_keep=None, enable_async=False)
-        steps = manager.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{run_dir} holds no complete checkpoint")
-        if step is None:
-            step = manager.latest_step()
-        elif step not in steps:
-            raise FileNotFoundError(f"{run_dir} has no step {step}; available: {sorted(steps)}")
-        item = WEIGHT_ITEMS[weights]
-        params, batch_stats, pure = _weights_tree(model)
-        stored = manager.item_metadata(step)[item]
-        _check_fits(run_dir / str(step), item, _flat_shapes(stored.tree), _flat_shapes(pure))
-        # Onto this process's first device, whatever devices and processes wrote it (a run
-        # of 2 processes x 2 devices evaluates on 1 device); callers place them from there.
-        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), pure
-        )
-        args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
-        restored, reason = _try_restore(lambda s: manager.restore(s, args=args)[item], step)
-        manager.close()
-        if reason is not None:
-            # Evaluation names what it evaluates: no silent fall back to an older step.
-            others = sorted(s for s in steps if s != step)
-            what_to_do = (
-                f"evaluate another step with --step (available: {others})"
-                if others
-                else "no other checkpoint in that run"
-            )
-            raise CheckpointError(
-                f"checkpoint {run_dir / str(step)} is unreadable ({reason}); {what_to_do}"
-            )
-        nnx.replace_by_pure_dict(params, restored["params"])
-        nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
-        nnx.update(model, params, batch_stats)
-        return int(step)
+        try:
+            return _restore_run_weights(manager, run_dir, model, step, weights)
+        finally:
+            manager.close()  # also after an error: nothing of orbax's outlives the command
     if (workdir / CONVERTED).is_dir():
         if step is not None:
             raise ValueError(f"{workdir} holds a converted checkpoint, which has no steps")
@@ -414,3 +383,41 @@ def restore_weights(
         f"{workdir} has neither training checkpoints ({RUN_CHECKPOINTS}/) nor a converted "
         f"checkpoint ({CONVERTED}/)"
     )
+
+
+def _restore_run_weights(
+    manager: ocp.CheckpointManager, run_dir: Path, model: nnx.Module, step: int | None, weights: str
+) -> int:
+    """`restore_weights` from the checkpoints in `run_dir` (`manager`'s); returns the step."""
+    steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"{run_dir} holds no complete checkpoint")
+    if step is None:
+        step = manager.latest_step()
+    elif step not in steps:
+        raise FileNotFoundError(f"{run_dir} has no step {step}; available: {sorted(steps)}")
+    item = WEIGHT_ITEMS[weights]
+    params, batch_stats, pure = _weights_tree(model)
+    stored = manager.item_metadata(step)[item]
+    _check_fits(run_dir / str(step), item, _flat_shapes(stored.tree), _flat_shapes(pure))
+    # Onto this process's first device, whatever devices and processes wrote it (a run
+    # of 2 processes x 2 devices evaluates on 1 device); callers place them from there.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), pure)
+    args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
+    restored, reason = _try_restore(lambda s: manager.restore(s, args=args)[item], step)
+    if reason is not None:
+        # Evaluation names what it evaluates: no silent fall back to an older step.
+        others = sorted(s for s in steps if s != step)
+        what_to_do = (
+            f"evaluate another step with --step (available: {others})"
+            if others
+            else "no other checkpoint in that run"
+        )
+        raise CheckpointError(
+            f"checkpoint {run_dir / str(step)} is unreadable ({reason}); {what_to_do}"
+        )
+    nnx.replace_by_pure_dict(params, restored["params"])
+    nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
+    nnx.update(model, params, batch_stats)
+    return int(step)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from lcmsm_jax import config_cli, text
+from lcmsm_jax import atomic, config_cli, text
 from lcmsm_jax.config_cli import UsageError
 from lcmsm_jax.data import labels
 from lcmsm_jax.progress import say
@@ -170,7 +170,10 @@ def resolve_pretrained(open_clip: ModuleType, model_name: str, pretrained: str) 
     """The `pretrained` argument for open_clip: None for random init, else a tag or a file."""
     if pretrained.lower() == "none":
         return None
-    if os.path.isfile(pretrained) or model_name.startswith(_SCHEMAS):
+    if model_name.startswith(_SCHEMAS):
+        return pretrained
+    if os.path.isfile(pretrained):
+        check_checkpoint_file(pretrained, model_name)
         return pretrained
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained not in tags:
@@ -179,6 +182,34 @@ def resolve_pretrained(open_clip: ModuleType, model_name: str, pretrained: str) 
             f"not an OpenCLIP tag for {model_name} (tags: {', '.join(tags) or 'none'})"
         )
     return pretrained
+
+
+# How the files open_clip loads begin: a zip archive (torch.save, TorchScript, big_vision
+# .npz), a pickle (the legacy torch.save), .npy; safetensors start with the 8-byte length
+# of their JSON header, whose first byte is "{".
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80", b"\x93NUMPY")
+_SAFETENSORS_HEADER = 8
+
+
+def check_checkpoint_file(path: str, model_name: str) -> None:
+    """Refuse (ModelError) a --pretrained file that is no checkpoint at all (a text file, a
+    saved web page), before the model is built; the file's first bytes say."""
+    with open(path, "rb") as f:
+        head = f.read(_SAFETENSORS_HEADER + 1)
+    is_safetensors = len(head) > _SAFETENSORS_HEADER and head[_SAFETENSORS_HEADER:] == b"{"
+    if head.startswith(_CHECKPOINT_MAGIC) or is_safetensors:
+        return
+    raise ModelError(
+        f"--pretrained {path}: not a checkpoint file (it starts with {head!r}); "
+        f"{_EXPECTED_CHECKPOINT.format(model=model_name)}"
+    )
+
+
+_EXPECTED_CHECKPOINT = (
+    "expected the OpenCLIP weights of {model} as downloaded (a PyTorch .bin/.pt state dict or "
+    ".safetensors file, e.g. open_clip_pytorch_model.bin from the model's Hugging Face page), "
+    "or an OpenCLIP tag"
+)
 
 
 def recorded_pretrained(model_name: str, pretrained: str) -> str:
@@ -207,16 +238,43 @@ def build_model(
         model = open_clip.create_model(
             args.model, pretrained=pretrained, precision="fp32", device=args.device
         )
-    except RuntimeError as e:
-        # open_clip reports failed downloads and mismatched checkpoints as RuntimeError.
-        hint = ""
-        if pretrained is not None and not os.path.isfile(pretrained):
-            hint = (
-                "\nWithout internet, download the checkpoint file on another machine and pass "
-                "its path to --pretrained (see the README)."
-            )
-        raise ModelError(f"could not build OpenCLIP {args.model}: {e}{hint}") from e
+    except Exception as e:  # noqa: BLE001  (sorted out by _build_error)
+        error = _build_error(args.model, pretrained, e)
+        if error is None:
+            raise
+        raise error from e
     return model.eval(), open_clip.get_tokenizer(args.model)
+
+
+def _build_error(model_name: str, pretrained: str | None, e: Exception) -> ModelError | None:
+    """The one-line report of a model that could not be built, or None for an error that is
+    a bug (it keeps its traceback)."""
+    if pretrained is not None and os.path.isfile(pretrained):
+        # torch's unpickler, safetensors and open_clip's key conversion each fail in their
+        # own way on a file that is not these weights; the file is the cause either way.
+        return ModelError(
+            f"--pretrained {pretrained}: could not build OpenCLIP {model_name} from this file "
+            f"({type(e).__name__}: {_one_line(e)}); "
+            f"{_EXPECTED_CHECKPOINT.format(model=model_name)}"
+        )
+    if not isinstance(e, RuntimeError):
+        return None
+    # open_clip reports failed downloads as RuntimeError.
+    hint = ""
+    if pretrained is not None:
+        hint = (
+            "; without internet, download the checkpoint file on another machine and pass its "
+            "path to --pretrained (see the README)"
+        )
+    return ModelError(f"could not build OpenCLIP {model_name}: {_one_line(e)}{hint}")
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, cut at `limit` characters (a state-dict mismatch
+    lists every key on its own line)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def encode(
@@ -297,6 +355,7 @@ def _prompt_inputs(args: flags.FlagValues) -> tuple[tuple[str, ...], tuple[str, 
 def run(args: flags.FlagValues) -> str:
     """Computes and writes the embeddings; returns the content hash."""
     classes, names, templates = _prompt_inputs(args)
+    atomic.check_output_file(args.out, "--out", suffix=".npz")  # before the model is built
     open_clip, torch = import_open_clip()
     model, tokenizer = build_model(open_clip, torch, args)
     prompts = fill_prompts(templates, names)

@@ -20,7 +20,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from lcmsm_jax import compile_cache, export, miou, restore, sharding
+from lcmsm_jax import atomic, compile_cache, export, miou, restore, sharding
 from lcmsm_jax.data import eval_source
 from lcmsm_jax.evaluator import DATA_AXIS, HEADS, Evaluator, InferenceSpec, global_batch_size
 from lcmsm_jax.evaluator import process_local_rows as process_local_rows  # for train.py
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     except config_cli.UsageError as err:
         return config_cli.report_usage("lcmsm-eval", err)
     try:
+        if fv.export_dir:  # named before any weights are read
+            atomic.check_output_folder(fv.export_dir, "--export-dir")
         evaluate_run(
             fv.config,
             fv.workdir,

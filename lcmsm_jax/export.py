@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lcmsm_jax import atomic
 from lcmsm_jax.data import labels as label_tables
 
 # trainId -> Cityscapes labelId, for the benchmark's labelIds PNGs; 255 -> 0 (unlabeled).
@@ -43,11 +44,18 @@ class BenchmarkExporter:
     (or the server upload) at `labelIds/` only. Files are written by a small thread pool.
     """
 
-    def __init__(self, export_dir: str | os.PathLike, names: Sequence[str], threads: int = 4):
-        self.root = Path(export_dir)
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        names: Sequence[str],
+        threads: int = 4,
+        flag: str = "--export-dir",
+    ):
+        """`flag`: the command-line flag `export_dir` came from, named by errors."""
+        self.root = atomic.make_output_folder(export_dir, flag)
         self.names = list(names)
         for sub in ("labelIds", "color"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            atomic.make_output_folder(self.root / sub, flag)
         self.pool = concurrent.futures.ThreadPoolExecutor(threads)
         self.pending: list[concurrent.futures.Future] = []
         self.written = 0

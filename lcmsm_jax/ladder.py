@@ -323,5 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except (config_cli.UsageError, ValueError) as err:
         say(str(err))
         return 2
+    try:
+        atomic.check_output_folder(fv.out, "--out")  # before the first cell trains
+    except atomic.OutputPathError as err:
+        say(f"ladder: {err}")
+        return 1
     run_ladder(fv.config, fv.out, seeds, names)
     return 0

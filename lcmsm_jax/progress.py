@@ -7,6 +7,7 @@ Only process 0 of a multi-process JAX run prints, so N processes give one log, n
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 from typing import TextIO
@@ -23,6 +24,25 @@ def say(message: str, stream: TextIO | None = None) -> None:
     """Print one line (to stdout unless `stream`), flushed; silent on processes other than 0."""
     if is_main_process():
         print(message, file=stream or sys.stdout, flush=True)
+
+
+# The packages whose versions change a run's numbers (XLA's numerics, random streams,
+# image decoding, data order).
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "pillow")
+
+
+def versions() -> str:
+    """`python 3.11.7, jax 0.10.2, ...`: printed at the start of every run, so that two runs'
+    figures can be compared knowing what they ran on."""
+    from importlib import metadata
+
+    found = [f"python {platform.python_version()}"]
+    for package in _PACKAGES:
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found)
 
 
 def format_seconds(seconds: float) -> str:

@@ -180,10 +180,42 @@ def _has_checkpoint(workdir: Path) -> bool:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
+class RunConfigError(ValueError):
+    """A run's config.json is not the JSON object lcmsm-train writes; the message names the
+    file and what to do."""
+
+
+def read_run_config(path: Path) -> dict:
+    """The config a run was started with (its config.json), as a nested dict.
+
+    Raises RunConfigError when the file is not valid JSON or holds something other than an
+    object: the comparison before resuming cannot be made, and the file would be replaced.
+    """
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        found = f"not valid JSON ({err})"
+    else:
+        if isinstance(stored, dict):
+            return stored
+        found = f"a JSON {_json_kind(stored)}"
+    raise RunConfigError(
+        f"--workdir {path.parent}: {path} is {found}; expected the JSON object of the config "
+        "that lcmsm-train wrote there. Restore it, or delete it to resume without comparing "
+        "the config (the checkpoint's shapes are still checked)"
+    )
+
+
+def _json_kind(value: object) -> str:
+    names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def check_resume_config(config: ml_collections.ConfigDict, workdir: Path) -> list:
     """Compare `config` with the run's config.json; called before anything is written.
 
-    Returns the changes ((key, old, new) tuples). A changed value under MODEL_KEYS is
+    Returns the changes ((key, old, new) tuples). A config.json that cannot be read as an
+    object is refused (RunConfigError). A changed value under MODEL_KEYS is
     refused (config_cli.UsageError listing them) when the workdir holds a checkpoint to
     resume. Keys only one side has (the config gained or lost a field since) are reported,
     not refused: the checkpoint's own shapes are compared when it is restored.
@@ -191,12 +223,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: Path) -> lis
     stored = workdir / "config.json"
     if not stored.is_file():
         return []
-    try:
-        old = json.loads(stored.read_text())
-    except ValueError:
-        progress.say(f"warning: {stored} is not valid JSON; not comparing the config with it")
-        return []
-    changes = _config_changes(old, json.loads(config.to_json_best_effort()))
+    changes = _config_changes(read_run_config(stored), json.loads(config.to_json_best_effort()))
     refused = [
         (key, old, new)
         for key, old, new in changes

@@ -204,11 +204,30 @@ def _read_npz(name: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(
             f"{name}: text-embedding file not found (compute it with lcmsm-embed-text)"
         )
+    if not zipfile.is_zipfile(name):
+        # np.load would take it for a pickle and suggest allow_pickle, which runs its code.
+        raise TextEmbeddingError(
+            f"{name} is not an .npz archive (it starts with {_head(name)!r}); write it with "
+            "lcmsm-embed-text"
+        )
     try:
         with np.load(name, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise TextEmbeddingError(f"{name}: not a readable .npz file ({e})") from e
+        raise TextEmbeddingError(
+            f"{name}: holds object arrays, which are not read (loading them would run code "
+            "stored in the file); write it with lcmsm-embed-text"
+        ) from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise TextEmbeddingError(f"{name}: not a readable .npz file ({e})") from e
+
+
+def _head(name: str, size: int = 16) -> bytes:
+    """The first bytes of a file, to show what it is instead."""
+    with open(name, "rb") as f:
+        return f.read(size)
 
 
 def _check_format_version(name: str, version: int) -> None:
@@ -370,7 +389,10 @@ def resolve(spec: str, class_names: Sequence[str], dim: int | None) -> tuple[np.
     """
     seed = parse_random_seed(spec)
     if seed is None:
-        info = load_with_info(spec, class_names, dim)
+        try:
+            info = load_with_info(spec, class_names, dim)
+        except TextEmbeddingError as err:  # name the config key the file came from
+            raise TextEmbeddingError(f"config.text.embeddings: {err}") from err
         return info.embeddings, info.describe(spec)
     if dim is None:
         raise TextEmbeddingError(

@@ -46,6 +46,7 @@ from lcmsm_jax import (
     metrics_log,
     models,
     optim,
+    progress,
     run_state,
     sharding,
     storage,
@@ -202,6 +203,7 @@ def _run(
     say(f"mesh: {mesh.devices.size} devices ({jax.default_backend()}), "
         f"{jax.process_count()} process(es)"
         f"{', parameters sharded (config.mesh.fsdp)' if config.mesh.fsdp else ''}")  # fmt: skip
+    say(f"versions: {progress.versions()}")
 
     # ------------------------------------------------------------------ data
     target_labels = bool(config.uda.target_supervised)

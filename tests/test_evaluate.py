@@ -580,6 +580,8 @@ def test_lcmsm_predict_on_a_converted_checkpoint(
             assert im.mode == "RGB"
             half = (image.astype(np.float64) + er.CITYSCAPES_COLOURS[train_ids]) / 2
             assert np.abs(np.asarray(im) - half).max() <= 0.5  # half and half, rounded
+    with Image.open(tmp_path / "pred" / "legend.png") as im:  # every colour of the palette
+        assert {tuple(c) for c in er.CITYSCAPES_COLOURS[:19]} <= set(im.getdata())
     # A glob gives the same images.
     assert [p.name for p in predict.find_images(str(folder / "*.png"))] == sorted(
         p.name for p in folder.iterdir()

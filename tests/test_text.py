@@ -365,7 +365,7 @@ def test_load_rejects_wrong_dtype(good_file):
 def test_load_rejects_non_npz_and_missing_files(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file")
-    with pytest.raises(text.TextEmbeddingError, match="not a readable .npz file"):
+    with pytest.raises(text.TextEmbeddingError, match="junk.npz is not an .npz archive"):
         text.load(junk, class_names=CITYSCAPES)
     with pytest.raises(FileNotFoundError, match="lcmsm-embed-text"):
         text.load(tmp_path / "absent.npz", class_names=CITYSCAPES)

@@ -16,8 +16,9 @@ from PIL import Image
 from test_convert import TINY_OVERRIDES
 from test_data_fixtures import write_gta5
 
-from lcmsm_jax import cli, config_checks, config_cli, convert
-from lcmsm_jax.data import pipeline, pngio, sources
+from lcmsm_jax import atomic, checkpoint, cli, config_checks, config_cli, convert, export
+from lcmsm_jax import text as text_embeddings
+from lcmsm_jax.data import labels, pipeline, pngio, sources
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 DEMO = str(CONFIGS / "demo.py")
@@ -164,6 +165,33 @@ def test_train_command_line_mistakes(tmp_path, capsys):
     status, text = run(capsys, "lcmsm-train", "--config", DEMO, "--workdir", tmp_path / "file")
     assert status == 2
     check(text, f"--workdir {tmp_path / 'file'} is a file")
+
+
+RUN_CONFIGS = {
+    "list": (b"[1, 2]", "a JSON list"),
+    "string": (b'"configs/demo.py"', "a JSON string"),
+    "invalid": (b'{"model": ', "not valid JSON (Expecting value"),
+    "binary": (b"\x89PNG\r\n\x1a\n", "not valid JSON ("),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CONFIGS, ids=list(RUN_CONFIGS))
+def test_run_config_that_is_no_object_is_named(case, tmp_path, capsys):
+    content, found = RUN_CONFIGS[case]
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    stored = workdir / "config.json"
+    stored.write_bytes(content)
+    status, text = run(capsys, "lcmsm-train", "--config", DEMO, "--workdir", workdir)
+    assert status == 1
+    check(
+        text,
+        f"lcmsm-train: --workdir {workdir}: {stored} is {found}",
+        "expected the JSON object of the config that lcmsm-train wrote there",
+        "Restore it, or delete it",
+    )
+    assert len(text.strip().splitlines()) == 1
+    assert stored.read_bytes() == content  # left for the user to look at
 
 
 def test_train_config_warnings():
@@ -347,6 +375,25 @@ def test_eval_without_checkpoints_names_the_workdir(tmp_path, capsys):
     check(text, f"{tmp_path / 'run'} has neither training checkpoints")
 
 
+def test_eval_error_closes_the_checkpoint_manager(tmp_path, capsys, monkeypatch):
+    """A manager left open at exit has orbax threads scheduling work during shutdown."""
+    (tmp_path / "run" / "checkpoints" / "junk").mkdir(parents=True)
+    closed = []
+    real = checkpoint.run_manager
+
+    def recording_manager(*args, **kwargs):
+        manager = real(*args, **kwargs)
+        close = manager.close
+        manager.close = lambda: (closed.append(True), close())
+        return manager
+
+    monkeypatch.setattr(checkpoint, "run_manager", recording_manager)
+    status, text = run(capsys, "lcmsm-eval", "--config", DEMO, "--workdir", tmp_path / "run")
+    assert status == 1
+    check(text, f"{tmp_path / 'run' / 'checkpoints'} holds no complete checkpoint")
+    assert closed == [True]
+
+
 # ----------------------------------------------------------------------------- lcmsm-predict
 
 
@@ -472,6 +519,44 @@ def test_label_of_the_wrong_size_names_both_files(gta):
     )
 
 
+def test_16_bit_grey_image_is_named_not_read_as_white(gta):
+    path = gta / "images" / "00001.png"
+    Image.fromarray(np.full((24, 40), 40000, np.uint16)).save(path)  # mode "I;16"
+    source = sources.open_source("gta5", str(gta))
+    with pytest.raises(pngio.ImageFormatError) as info:
+        source[0]
+    check(
+        str(info.value),
+        f"{path} is a 16-bit greyscale image (mode 'I;16')",
+        "expected an 8-bit RGB, palette or greyscale image",
+        "divide by 257",
+    )
+    source[1]  # the 8-bit RGB pair still reads
+
+
+def test_text_embeddings_that_are_no_npz_archive(tmp_path):
+    path = tmp_path / "cityscapes.npz"
+    path.write_text("road\nsidewalk\n")  # a class list saved under the wrong name
+    with pytest.raises(text_embeddings.TextEmbeddingError) as info:
+        text_embeddings.resolve(str(path), labels.CITYSCAPES_CLASSES, 64)
+    message = str(info.value)
+    check(
+        message,
+        f"config.text.embeddings: {path} is not an .npz archive (it starts with "
+        "b'road\\nsidewalk\\n'); write it with lcmsm-embed-text",
+    )
+    assert "pickle" not in message
+
+
+def test_text_embeddings_with_object_arrays_are_not_unpickled(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, embeddings=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(text_embeddings.TextEmbeddingError) as info:
+        text_embeddings.resolve(str(path), labels.CITYSCAPES_CLASSES, 64)
+    check(str(info.value), f"{path}: holds object arrays, which are not read")
+    assert "allow_pickle" not in str(info.value)
+
+
 # ----------------------------------------------------------------------------- other commands
 
 
@@ -485,3 +570,126 @@ def test_prepare_and_embed_text_mistakes(tmp_path, capsys):
     status, text = run(capsys, "lcmsm-prepare", "--dataset", "gta6", "--root", tmp_path)
     assert status == 2
     check(text, "lcmsm-prepare: flag --dataset=gta6", "gta5")
+
+
+def test_embed_text_names_a_pretrained_file_that_is_no_checkpoint(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    bogus = tmp_path / "open_clip_pytorch_model.bin"
+    bogus.write_text("<html>404 Not Found</html>\n")  # a failed download
+    status, text = run(capsys, "lcmsm-embed-text", "--classes", "cityscapes",
+                       "--pretrained", bogus, "--out", tmp_path / "e.npz")  # fmt: skip
+    assert status == 1
+    check(
+        text,
+        f"lcmsm-embed-text: --pretrained {bogus}: not a checkpoint file (it starts with "
+        "b'<html>404", "expected the OpenCLIP weights of ViT-H-14 as downloaded",
+    )  # fmt: skip
+    assert len(text.strip().splitlines()) == 1
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_embed_text_names_a_pretrained_file_that_does_not_load(tmp_path, capsys, monkeypatch):
+    open_clip = pytest.importorskip("open_clip")
+    bogus = tmp_path / "weights.pt"
+    bogus.write_bytes(b"\x80\x02garbage")  # begins like a pickle
+
+    def load_fails(*args, **kwargs):
+        raise KeyError(101)  # what torch's weights-only unpickler raises on such a file
+
+    monkeypatch.setattr(open_clip, "create_model", load_fails)
+    status, text = run(capsys, "lcmsm-embed-text", "--classes", "cityscapes",
+                       "--pretrained", bogus, "--out", tmp_path / "e.npz")  # fmt: skip
+    assert status == 1
+    building, error = text.strip().splitlines()  # the progress line, then the error
+    check(building, "building OpenCLIP ViT-H-14")
+    check(
+        error,
+        f"lcmsm-embed-text: --pretrained {bogus}: could not build OpenCLIP ViT-H-14 from this "
+        "file (KeyError: 101)",
+        "expected the OpenCLIP weights of ViT-H-14",
+    )
+
+
+def test_synthetic_export_root_follows_the_umask(tmp_path, capsys):
+    mask = os.umask(0o022)
+    try:
+        argv = ["--export", "--out", tmp_path / "syn", "--num-images", "1", "--quiet"]
+        status, _ = run(capsys, "lcmsm-synthetic", *argv, "--height", "16", "--width", "16")
+    finally:
+        os.umask(mask)
+    assert status == 0
+    assert oct((tmp_path / "syn").stat().st_mode & 0o777) == oct(0o755)
+
+
+# (command, argv, the message); {file} is an existing file, {dir} an existing folder.
+UNUSABLE_OUTPUTS = {
+    "embed_text_out_folder": (
+        "lcmsm-embed-text",
+        ["--classes", "cityscapes", "--out", "{dir}"],
+        "--out {dir} is a folder; pass a file name (e.g. {dir}/out.npz)",
+    ),
+    "embed_text_out_under_file": (
+        "lcmsm-embed-text",
+        ["--classes", "cityscapes", "--out", "{file}/e.npz"],
+        "--out {file}/e.npz: {file} is not a folder; pass a path in a folder",
+    ),
+    "synthetic_out_file": (
+        "lcmsm-synthetic",
+        ["--export", "--out", "{file}", "--num-images", "1", "--height", "16", "--width", "16"],
+        "--out {file} is a file; pass a folder",
+    ),
+    "synthetic_out_under_file": (
+        "lcmsm-synthetic",
+        ["--export", "--out", "{file}/syn", "--num-images", "1"],
+        "--out {file}/syn: {file} is not a folder",
+    ),
+    "synthetic_preview_folder": (
+        "lcmsm-synthetic",
+        ["--preview", "{dir}"],
+        "--preview {dir} is a folder; pass a file name (e.g. {dir}/out.png)",
+    ),
+    "prepare_out_file": (
+        "lcmsm-prepare",
+        ["--dataset", "gta5", "--root", "{dir}", "--out", "{file}"],
+        "--out {file} is a file; pass a folder",
+    ),
+    "benchmark_json_folder": (
+        "lcmsm-benchmark",
+        ["--config", DEMO, "--json", "{dir}"],
+        "--json {dir} is a folder; pass a file name (e.g. {dir}/out.json)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE_OUTPUTS, ids=list(UNUSABLE_OUTPUTS))
+def test_unusable_output_path_names_the_flag(case, tmp_path, capsys):
+    prog, argv, expected = UNUSABLE_OUTPUTS[case]
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    fill = lambda a: a.replace("{file}", str(tmp_path / "file")).replace(  # noqa: E731
+        "{dir}", str(tmp_path / "dir")
+    )
+    status, text = run(capsys, prog, *map(fill, argv))
+    assert status == 1
+    check(text, f"{prog}: {fill(expected)}")
+    assert len(text.strip().splitlines()) == 1
+    assert os.listdir(tmp_path / "dir") == []  # nothing written
+
+
+def test_unusable_export_dir_names_the_flag(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(atomic.OutputPathError, match=f"--export-dir {tmp_path / 'file'} is a file"):
+        export.BenchmarkExporter(tmp_path / "file", [])
+    (tmp_path / "submit").mkdir()
+    (tmp_path / "submit" / "labelIds").write_text("")
+    with pytest.raises(atomic.OutputPathError, match=r"--export-dir .*submit/labelIds is a file"):
+        export.BenchmarkExporter(tmp_path / "submit", [])
+
+
+def test_ladder_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    from lcmsm_jax import ladder
+
+    (tmp_path / "file").write_text("")
+    argv = ["--config", DEMO, "--out", str(tmp_path / "file"), "--methods", "source_only"]
+    assert ladder.main(argv) == 1
+    check(capsys.readouterr().out, f"ladder: --out {tmp_path / 'file'} is a file; pass a folder")

@@ -6,6 +6,7 @@ PNG row filters) to unpack the *low* bytes instead, by switching the tile's raw 
 big-endian `;16B` to `;16L` before loading; reading both halves gives the exact 16-bit value.
 """
 
+import os
 import zlib
 from typing import BinaryIO
 
@@ -20,6 +21,24 @@ class LabelFormatError(ValueError):
     """A label PNG is readable but not the kind of image the dataset expects."""
 
 
+class ImageFormatError(ValueError):
+    """An image is readable but not 8 bits per sample; the message names the file, its mode
+    and what to do."""
+
+
+# Pillow modes of more than 8 bits per sample that `convert("RGB")` clips to 255 instead of
+# scaling: 16-bit greyscale PNGs ("I;16*") and 32-bit integer or float images. (16-bit RGB
+# PNGs are read as "RGB" with the high byte of each sample, which is a correct 8-bit scaling.)
+_WIDE_MODES = {
+    "I;16": "16-bit greyscale",
+    "I;16B": "16-bit greyscale",
+    "I;16L": "16-bit greyscale",
+    "I;16N": "16-bit greyscale",
+    "I": "32-bit integer greyscale",
+    "F": "32-bit float greyscale",
+}
+
+
 class UnreadableImageError(OSError):
     """An image or label file that is missing or cannot be decoded; the message names the
     file and what to do."""
@@ -32,8 +51,19 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.Decompressi
 
 
 def read_rgb(path: str | BinaryIO) -> np.ndarray:
-    """Decode an image to uint8 RGB `[H, W, 3]` (alpha or palette are converted away)."""
+    """Decode an image to uint8 RGB `[H, W, 3]` (alpha or palette are converted away).
+
+    Raises ImageFormatError for greyscale images of more than 8 bits per sample, which
+    would come out white where their values exceed 255.
+    """
     with Image.open(path) as im:
+        if im.mode in _WIDE_MODES:
+            named = f"{path} is a" if isinstance(path, (str, os.PathLike)) else "a"  # not a stream
+            raise ImageFormatError(
+                f"{named} {_WIDE_MODES[im.mode]} image (mode {im.mode!r}); expected an 8-bit "
+                "RGB, palette or greyscale image. Convert it to 8 bits per sample (for 16-bit "
+                "values: divide by 257) and read it again"
+            )
         if im.mode != "RGB":
             im = im.convert("RGB")
         return np.asarray(im)

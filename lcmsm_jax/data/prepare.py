@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from lcmsm_jax import config_cli
+from lcmsm_jax import atomic, config_cli
 from lcmsm_jax.data import labels as label_tables
 from lcmsm_jax.data import manifest as manifest_lib
 from lcmsm_jax.data import pngio, rcs, sources
@@ -286,6 +286,18 @@ def _split_entries(kept, labelled: bool):
     return entry, stats
 
 
+def _check_out(args: flags.FlagValues) -> None:
+    """Refuse (OSError naming the flag) a folder the manifest cannot be written to: --out,
+    or by default --root."""
+    if args.out:
+        atomic.check_output_folder(args.out, "--out")
+    elif os.path.isdir(args.root) and not os.access(args.root, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"--root {args.root} is not writable, and the manifest and class statistics are "
+            "written there unless --out is given; pass --out DIR, a folder you can write to"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `lcmsm-prepare` with command-line `argv`; returns the exit status (0 = written).
 
@@ -303,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     conditions = tuple(args.conditions.split(",")) if args.conditions else None
     out = args.out or args.root
+    _check_out(args)  # before the scan, which takes long on a full dataset
     entries, stats, all_problems, skipped = {}, {}, [], {}
     try:
         for split in splits:
@@ -326,8 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\n--skip-bad: leaving {sum(map(len, skipped.values()))} file(s) out.", sys.stderr)
     if not any(e["num_images"] for e in entries.values()):
         raise PreparationError("no usable images left; nothing was written.")
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"cannot write into {out}; pass --out DIR")
     manifest = {
         "dataset": args.dataset,
         "label_kind": args.labels,

@@ -268,7 +268,7 @@ class PngSource:
         path = os.path.join(self.root, rel)
         try:
             return read(path, **kwargs)
-        except pngio.LabelFormatError:
+        except (pngio.LabelFormatError, pngio.ImageFormatError):
             raise  # already names the file and the fix
         except pngio.DECODE_ERRORS as err:
             raise pngio.UnreadableImageError(

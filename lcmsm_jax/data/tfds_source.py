@@ -164,8 +164,8 @@ class TfdsSource:
             example = {"image": pngio.read_rgb(io.BytesIO(record[self.image_key]))}
             if self.label_key:
                 example["label"] = self._label(record)
-        except pngio.LabelFormatError as err:
-            raise pngio.LabelFormatError(f"{self!r} record {index}: {err}") from err
+        except (pngio.LabelFormatError, pngio.ImageFormatError) as err:
+            raise type(err)(f"{self!r} record {index}: {err}") from err
         except pngio.DECODE_ERRORS as err:
             raise pngio.UnreadableImageError(
                 f"{self!r} record {index} cannot be decoded ({type(err).__name__}: {err}); "

@@ -47,15 +47,31 @@ def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[in
     """Size after mmcv keep-ratio rescaling to fit inside `scale` (order of `scale` irrelevant).
 
     factor = min(long_target / long_side, short_target / short_side); each side becomes
-    int(side * factor + 0.5). GTA5 1052x1914 into (1280, 720) -> (704, 1280).
+    int(side * factor + 0.5), at least 1. GTA5 1052x1914 into (1280, 720) -> (704, 1280);
+    1x512 into (128, 64) -> (1, 128).
     """
     long_target, short_target = max(scale), min(scale)
     factor = min(long_target / max(height, width), short_target / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    # mmcv would round a sliver (1 x 512 at factor 1/4) to an empty side, which cv2.resize
+    # rejects; one pixel is the smallest image.
+    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
+
+
+def _check_sides(n_in: int, n_out: int) -> None:
+    """Both axis lengths of a resize must be positive (an empty axis has no pixel centres)."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(
+            f"resize from {n_in} to {n_out} pixels along an axis: both need at least 1 pixel"
+        )
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices i0, i1 `[n_out]` and fixed-point weight of i1 `[n_out]` (OpenCV rule)."""
+    """Source indices i0, i1 `[n_out]` and fixed-point weight of i1 `[n_out]` (OpenCV rule).
+
+    A one-pixel input axis (n_in = 1) clamps both taps to pixel 0: the output is constant
+    along that axis, as OpenCV's.
+    """
+    _check_sides(n_in, n_out)
     pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     i0 = np.floor(pos).astype(np.intp)
     frac = pos - i0
@@ -89,6 +105,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int], box: Box | None = Non
 
 
 def _nearest_taps(n_in: int, n_out: int) -> np.ndarray:
+    _check_sides(n_in, n_out)
     return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.intp), n_in - 1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from lcmsm_jax import config_cli
+from lcmsm_jax import atomic, config_cli
 from lcmsm_jax.data.synthetic.exporter import EXPORT_LAYOUTS, export, write_preview
 from lcmsm_jax.data.synthetic.scene import DEFAULT_SIZE, DOMAINS, VARIANTS
 from lcmsm_jax.progress import say
@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         raise config_cli.UsageError(f"{PROG}: pass one of --export or --preview PNG")
     size = (args.height, args.width)
     if args.preview is not None:
+        atomic.check_output_file(args.preview, "--preview", suffix=".png")
         path = write_preview(args.preview, args.num_images or 4, size, args.seed, args.variant)
         say(f"wrote {path}")
         return 0
     if not args.out:
         raise config_cli.UsageError(f"{PROG}: --export needs --out DIR")
+    atomic.check_output_folder(args.out, "--out")  # before any scene is rendered
     root = export(
         args.domain,
         args.out,

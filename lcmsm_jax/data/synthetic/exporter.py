@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import TextIO
 
 import numpy as np
@@ -118,7 +117,8 @@ def export(
         )
     parent = os.path.dirname(out_root) if fresh else out_root
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_root)}.tmp-", dir=parent)
+    # Renamed into place when fresh: created with the permissions of an ordinary mkdir.
+    tmp = atomic.make_temp_folder(parent, prefix=f".{os.path.basename(out_root)}.tmp-")
     try:
         bar = Progress(f"{domain} -> {layout} {out_root}", num_images, stream=progress)
         for i in range(num_images):
