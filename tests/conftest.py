@@ -8,10 +8,12 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import atexit  # noqa: E402
+import gc  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Tests build the same programs many times (fresh jit objects per run); a persistent
 # compilation cache for the session lets repeated XLA compilations be skipped.
@@ -24,3 +26,13 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 # Parity tests compare against float32 PyTorch; keep XLA's matmuls at full precision.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Drop each test file's compiled programs and traces when it ends: a worker runs many
+    files, and keeping them all made each worker grow past 9 GB (the persistent compilation
+    cache still serves a program another file compiles again)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
