@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcmsm_jax import demo, ladder, methods
+from lcmsm_jax import demo, ladder, methods, visualize
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 sys.path.insert(0, str(CONFIGS))
@@ -169,8 +169,11 @@ def test_demo_ci_sized_writes_the_table_json_and_pictures(tmp_path, capsys):
     pictures = sorted((workdir / "predictions").glob("prediction_*.png"))
     assert len(pictures) == 4
     with Image.open(pictures[0]) as picture:
-        # image | ground truth | source-only | LC-MSM, each 128 wide, caption above 64 rows.
-        assert picture.size == (4 * 128, 64 + 14)
+        # image | ground truth | source-only | LC-MSM, each 128 wide, a one-line caption
+        # above 64 rows, and the colour legend below.
+        legend = visualize.legend_image(4 * 128)
+        assert picture.size == (4 * 128, 64 + 14 + legend.shape[0])
+        np.testing.assert_array_equal(np.asarray(picture)[64 + 14 :], legend)
 
     # Running the command again trains nothing new and rewrites the same table.
     assert demo.main(argv) == 0
