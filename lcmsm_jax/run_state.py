@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from lcmsm_jax import checkpoint, config_cli, progress
+from lcmsm_jax import checkpoint, config_cli, progress, storage
 
 # Config subtrees the training state's shapes and frozen contents come from (the text
 # embeddings are part of the state): a resumed run must keep them, or the checkpoint would
@@ -139,7 +139,7 @@ def report_unfinished_saves(workdir: Path) -> None:
     they may hold a later step."""
     directory = workdir / checkpoint.RUN_CHECKPOINTS
     if directory.is_dir():
-        for path in sorted(directory.glob("*.orbax-checkpoint-tmp*")):
+        for path in sorted(directory.glob(storage.UNFINISHED)):
             progress.say(f"removing {path.name}: a checkpoint save that was interrupted")
 
 

@@ -45,7 +45,7 @@ _WRITE_REFUSED = {
 _TENSORSTORE_ERRNO = re.compile(r"os_error_code='(\d+)'")
 # Beyond the state's bytes: orbax's metadata, the data iterators' positions, config.json.
 _MARGIN_BYTES = 64 * 1024**2
-_UNFINISHED = "*.orbax-checkpoint-tmp*"
+UNFINISHED = "*.orbax-checkpoint-tmp*"  # an unfinished save (orbax)
 # What the writes of a failed save still in flight raise, once orbax stopped its loop
 # (reported through sys.unraisablehook).
 _ORBAX_CODE = f"{os.sep}orbax{os.sep}"
@@ -121,7 +121,7 @@ def remove_unfinished(directory: Path) -> list[Path]:
     """Delete the unfinished saves (`<step>.orbax-checkpoint-tmp*`) in `directory`; returns
     what was removed. Only the process that owns the run may call it (process 0)."""
     removed = []
-    for path in sorted(directory.glob(_UNFINISHED)):
+    for path in sorted(directory.glob(UNFINISHED)):
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
