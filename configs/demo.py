@@ -36,6 +36,9 @@ def get_config():
         head.embed_dim = 64
         head.channels = 64
     config.text.embeddings = "random:0"
+    # A small step keeps every activation at once: no recomputation, one gradient.
+    config.model.remat = "none"
+    config.train.backward = "joint"
 
     data = config.data
     data.synthetic.size = (64, 128)

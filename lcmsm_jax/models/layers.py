@@ -110,19 +110,10 @@ def depthwise_conv2d(
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
-    chunks = _channel_chunks(x)
-    if chunks == 1:
-        return _depthwise_shifted_sum(x, kernel, dilation)
-    # Channels are independent: run the shifted sums on one group of channels at a time.
-    # Its forward and custom backward keep several input-sized temporaries (padded copies,
-    # shifted products), ~11x the input for a [2, 128, 128, 2048] map; a loop over channel
-    # groups bounds them by the group's size, with the same values.
-    batch, height, width, channels = x.shape
-    size = kernel.shape[0]
-    groups = jnp.moveaxis(x.reshape(batch, height, width, chunks, channels // chunks), 3, 0)
-    kernels = jnp.moveaxis(kernel.reshape(size, size, 1, chunks, channels // chunks), 3, 0)
-    out = jax.lax.map(lambda pair: _depthwise_shifted_sum(*pair, dilation), (groups, kernels))
-    return jnp.moveaxis(out, 0, 3).reshape(batch, height, width, channels)
+    # Channels are independent: the shifted sums (forward and backward) run on one group of
+    # channels at a time, so their temporaries (padded copies, shifted products; ~11x the
+    # input for a [2, 128, 128, 2048] map in one piece) are bounded by the group's size.
+    return _depthwise_shifted_sum(x, kernel, dilation, _channel_chunks(x))
 
 
 # The shifted sums run on at most this many bytes of input at a time (see above).
@@ -177,23 +168,24 @@ def _shifted_sum(x: jax.Array, weights: list, offsets: list) -> jax.Array:
     return out.astype(x.dtype)
 
 
-# A hand-written backward: left to autodiff, XLA:CPU fuses each tap's transposed slice
-# (a pad to the full padded size) with a recomputation of everything that produced the
-# cotangent (BatchNorm backward, activation), k*k times over. Here the input gradient is
-# the same shifted sum on the cotangent with mirrored offsets, and the kernel gradient one
-# reduction per tap: the DAFormer head's fwd+bwd on CPU is ~2x faster.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_shifted_sum(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+def _group(a: jax.Array, start, width: int) -> jax.Array:
+    """a[..., start : start + width] (`start` may be traced)."""
+    return jax.lax.dynamic_slice_in_dim(a, start, width, axis=a.ndim - 1)
+
+
+def _put_group(a: jax.Array, value: jax.Array, start) -> jax.Array:
+    """a with a[..., start : start + width] = value, in place inside a loop."""
+    return jax.lax.dynamic_update_slice_in_dim(a, value, start, axis=a.ndim - 1)
+
+
+def _forward_values(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
     taps = _valid_taps(kernel.shape[0], dilation, x.shape[1], x.shape[2])
     return _shifted_sum(x, [kernel[i, j, 0] for i, j, _, _ in taps], [t[2:] for t in taps])
 
 
-def _depthwise_forward(x, kernel, dilation):
-    return _depthwise_shifted_sum(x, kernel, dilation), (x, kernel)
-
-
-def _depthwise_backward(dilation, residuals, cotangent):
-    x, kernel = residuals
+def _backward_values(
+    x: jax.Array, kernel: jax.Array, cotangent: jax.Array, dilation: int
+) -> tuple[jax.Array, jax.Array]:
     taps = _valid_taps(kernel.shape[0], dilation, x.shape[1], x.shape[2])
     weights = [kernel[i, j, 0] for i, j, _, _ in taps]
     x_grad = _shifted_sum(cotangent, weights, [(-dy, -dx) for *_, dy, dx in taps])
@@ -210,6 +202,54 @@ def _depthwise_backward(dilation, residuals, cotangent):
         [jnp.stack([per_tap.get((i, j), zero) for j in range(size)]) for i in range(size)]
     )[:, :, None, :]
     return x_grad, kernel_grad.astype(kernel.dtype)
+
+
+# A hand-written backward: left to autodiff, XLA:CPU fuses each tap's transposed slice
+# (a pad to the full padded size) with a recomputation of everything that produced the
+# cotangent (BatchNorm backward, activation), k*k times over. Here the input gradient is
+# the same shifted sum on the cotangent with mirrored offsets, and the kernel gradient one
+# reduction per tap: the DAFormer head's fwd+bwd on CPU is ~2x faster.
+# With `chunks` > 1, forward and backward loop over channel groups, reading each group of
+# the input in place and writing each group of the result in place: the only residual is
+# the input itself (alive anyway), not per-group copies as a `lax.map`/`scan` would stack.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shifted_sum(x: jax.Array, kernel: jax.Array, dilation: int, chunks: int):
+    if chunks == 1:
+        return _forward_values(x, kernel, dilation)
+    width = x.shape[-1] // chunks
+
+    def group(index, out):
+        start = index * width
+        values = _forward_values(_group(x, start, width), _group(kernel, start, width), dilation)
+        return _put_group(out, values, start)
+
+    # The loop's buffer starts as a copy of its input (every group is overwritten): unlike
+    # a zero-filled one it cannot be allocated before the input exists.
+    return jax.lax.fori_loop(0, chunks, group, x)
+
+
+def _depthwise_forward(x, kernel, dilation, chunks):
+    return _depthwise_shifted_sum(x, kernel, dilation, chunks), (x, kernel)
+
+
+def _depthwise_backward(dilation, chunks, residuals, cotangent):
+    x, kernel = residuals
+    if chunks == 1:
+        return _backward_values(x, kernel, cotangent, dilation)
+    width = x.shape[-1] // chunks
+
+    def group(index, grads):
+        x_grad, kernel_grad = grads
+        start = index * width
+        x_part, kernel_part = _backward_values(
+            _group(x, start, width),
+            _group(kernel, start, width),
+            _group(cotangent, start, width),
+            dilation,
+        )
+        return _put_group(x_grad, x_part, start), _put_group(kernel_grad, kernel_part, start)
+
+    return jax.lax.fori_loop(0, chunks, group, (cotangent, kernel))  # overwritten, as above
 
 
 _depthwise_shifted_sum.defvjp(_depthwise_forward, _depthwise_backward)

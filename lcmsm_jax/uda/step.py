@@ -144,7 +144,7 @@ class _Student:
     pass's activations stay alive until that one backward pass.
     Per pass (`per_pass=True`): each pass is differentiated on its own, right after its
     forward (as the reference calls backward() once per loss term), its gradients summed
-    in pass order, and an optimisation barrier makes the next pass wait for them: only one
+    in pass order, and the next pass's input image waits for them (`_after`): only one
     pass's activations are alive at a time. Same losses, gradients to float rounding.
     BatchNorm statistics pass from one pass to the next in both.
     """
@@ -158,31 +158,45 @@ class _Student:
         # pass), in per-pass mode a value for the teacher only (each pass projects its own).
         self.text = self.module.project_text(self.text_embeddings)
 
-    def run(self, fn: Callable) -> tuple[jax.Array, object]:
-        """`fn(student, text) -> (loss, extras)` on the student; returns (loss, extras)."""
+    def run(self, fn: Callable, image: jax.Array) -> tuple[jax.Array, object]:
+        """`fn(student, text, image) -> (loss, extras)` on the student, `image` being the
+        pass's input [B, H, W, 3]; returns (loss, extras)."""
         if not self.per_pass:
-            return fn(self.module, self.text)
+            return fn(self.module, self.text, image)
+        if self.grads is not None:
+            image = _after(image, self.grads)
         batch_stats = nnx.state(self.module, nnx.BatchStat).to_pure_dict()
 
         def pass_loss(params):
             net = nnx.merge(self.graphdef, params, batch_stats)
-            loss, extras = fn(net, net.project_text(self.text_embeddings))
+            loss, extras = fn(net, net.project_text(self.text_embeddings), image)
             return loss, (extras, nnx.state(net, nnx.BatchStat).to_pure_dict())
 
         (loss, (extras, batch_stats)), grads = jax.value_and_grad(pass_loss, has_aux=True)(
             self.params
         )
-        if self.grads is not None:
-            grads = jax.tree.map(jnp.add, self.grads, grads)
-        # Everything the next pass reads comes out of the barrier with these gradients.
-        self.params, batch_stats, self.grads = jax.lax.optimization_barrier(
-            (self.params, batch_stats, grads)
-        )
+        self.grads = grads if self.grads is None else jax.tree.map(jnp.add, self.grads, grads)
         self.module = nnx.merge(self.graphdef, self.params, batch_stats)
         return loss, extras
 
     def batch_stats(self) -> dict:
         return nnx.state(self.module, nnx.BatchStat).to_pure_dict()
+
+
+def _after(image: jax.Array, grads) -> jax.Array:
+    """`image`, unchanged, as a value that depends on every leaf of `grads`: everything the
+    next pass computes from its input waits for the previous passes' whole backward.
+
+    An optimisation barrier would say the same, but XLA:CPU drops barriers before it
+    schedules, and then ran every pass's forward before any backward (all four passes'
+    activations alive at once: the paper step's plan was 24 GB instead of 9). The zero
+    added here comes from one element of each gradient and is exact for any value.
+    """
+    leaves = jax.tree.leaves(grads)
+    firsts = jnp.stack([losses.at_least_f32(leaf.reshape(-1)[0]) for leaf in leaves])
+    # x - x is 0 for finite x, and XLA cannot fold it away (it is NaN for inf and NaN).
+    zero = jnp.sum(jnp.where(jnp.isfinite(firsts), firsts - firsts, 0.0))
+    return image + zero.astype(image.dtype)
 
 
 def make_loss_fn(
@@ -240,7 +254,7 @@ def make_loss_fn(
 
         # Step 3: source CE through the DAFormer head, and (step 5) the ImageNet feature
         # distance on thing classes of the same pass's backbone features.
-        def source_pass(net, text):
+        def source_pass(net, text, source):
             ce, _, features = passes.student(
                 net, source, label, None, head="decode", text=text, rng=key(_SOURCE),
                 box=draws.get("source_box"),
@@ -257,7 +271,7 @@ def make_loss_fn(
             )
             return ce + distance, {"source": ce, "feature_distance": distance}
 
-        source_terms = student.run(source_pass)[1]
+        source_terms = student.run(source_pass, source)[1]
         terms["source"] = source_terms["source"]
 
         if uda.enabled:
@@ -265,10 +279,10 @@ def make_loss_fn(
             if uda.masked_source:
                 masked = _masked(source, draws["masked_source_aug"], draws["masked_source_mask"])
                 terms["masked_source"] = student.run(
-                    lambda net, text: _weighted(uda.mask_weight, passes.student(
+                    lambda net, text, masked: _weighted(uda.mask_weight, passes.student(
                         net, masked, label, None, head="lcmsm", text=text,
                         rng=key(_MASKED_SOURCE), box=draws.get("masked_source_box"),
-                    ))
+                    )), masked,
                 )[0]  # fmt: skip
                 aux["masked_source_image"] = masked
             if with_distance:
@@ -342,23 +356,23 @@ def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, key, t
     )
 
     # Step 8: mixed CE through the DAFormer head.
-    def mix_pass(net, text):
+    def mix_pass(net, text, mixed_image):
         loss, logits, _ = passes.student(
             net, mixed_image, mixed_label, mixed_weight, head="decode", text=text,
             rng=key(_MIX), box=draws.get("mix_box"),
         )  # fmt: skip
         return loss, jnp.argmax(losses.upsample_logits(logits, size), axis=-1)
 
-    terms["mix"], aux["mix_prediction"] = student.run(mix_pass)
+    terms["mix"], aux["mix_prediction"] = student.run(mix_pass, mixed_image)
 
     # Step 9: masked, re-augmented mixed image through the LC-MSM head, same labels/weights.
     if uda.masked_mix:
         masked = _masked(mixed_image, draws["masked_mix_aug"], draws["masked_mix_mask"])
         terms["masked_mix"] = student.run(
-            lambda net, text: _weighted(uda.mask_weight, passes.student(
+            lambda net, text, masked: _weighted(uda.mask_weight, passes.student(
                 net, masked, mixed_label, mixed_weight, head="lcmsm", text=text,
                 rng=key(_MASKED_MIX), box=draws.get("masked_mix_box"),
-            ))
+            )), masked,
         )[0]  # fmt: skip
         aux["masked_mix_image"] = masked
 
@@ -366,10 +380,10 @@ def _adaptation_terms(uda, passes, student, graphdef, rest, batch, draws, key, t
     if uda.masked_target:
         masked = _masked(target, draws["masked_target_aug"], draws["masked_target_mask"])
         terms["masked_target"] = student.run(
-            lambda net, text: _weighted(uda.mask_weight, passes.student(
+            lambda net, text, masked: _weighted(uda.mask_weight, passes.student(
                 net, masked, pseudo, pseudo_weight, head="decode", text=text,
                 rng=key(_MASKED_TARGET), box=draws.get("masked_target_box"),
-            ))
+            )), masked,
         )[0]  # fmt: skip
         aux["masked_target_image"] = masked
 
