@@ -21,10 +21,16 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Tests build the same programs many times (fresh jit objects per run); a persistent
-# compilation cache for the session lets repeated XLA compilations be skipped.
-_cache_dir = tempfile.mkdtemp(prefix="lcmsm-jax-cache-")
-atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+# Tests build the same programs many times (fresh jit objects per run, and the same step in
+# several files); a persistent compilation cache for the session lets repeated XLA
+# compilations be skipped. pytest-xdist's workers inherit the folder of the process that
+# started them, so a program one worker compiled is loaded by the other; that process
+# removes it at the end.
+_cache_dir = os.environ.get("LCMSM_TEST_COMPILATION_CACHE", "")
+if not os.path.isdir(_cache_dir):
+    _cache_dir = tempfile.mkdtemp(prefix="lcmsm-jax-cache-")
+    os.environ["LCMSM_TEST_COMPILATION_CACHE"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 # Also the folder train/eval/predict use (it takes precedence over config.compile_cache_dir).
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
 jax.config.update("jax_compilation_cache_dir", _cache_dir)
