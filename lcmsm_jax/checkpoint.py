@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import sys
 import time
 import types
@@ -118,12 +119,29 @@ def tree_differences(item: str, stored: dict, wanted: dict) -> list[str]:
     return problems
 
 
+# MiT blocks stored one by one (`backbone.block3.17.attn...`): checkpoints written before a
+# stage's blocks were stored stacked (`backbone.block3.attn...` with a leading [depth] axis).
+_PER_BLOCK_NAME = re.compile(r"(^|\.)block[1-4]\.\d+\.")
+
+
+def _layout_note(stored: dict) -> str:
+    """A hint when `stored` (flat names) holds per-block MiT weights, an older layout."""
+    if not any(_PER_BLOCK_NAME.search(name) for name in stored):
+        return ""
+    return (
+        ". The checkpoint stores MiT blocks one by one (block3.17.*), the layout of versions "
+        "before a stage's blocks were stored stacked (block3.* with a leading block axis); "
+        "this version cannot restore it"
+    )
+
+
 def _check_fits(directory: Path, item: str, stored: dict, wanted: dict) -> None:
     """Raise a ValueError naming the first variable whose presence or shape differs."""
     problems = tree_differences(item, stored, wanted)
     if problems:
         raise ValueError(
-            f"{directory}: checkpoint does not fit this model (check config.model): {problems[0]}"
+            f"{directory}: checkpoint does not fit this model (check config.model): "
+            f"{problems[0]}{_layout_note(stored)}"
         )
 
 
@@ -192,16 +210,18 @@ def check_run_step(manager: ocp.CheckpointManager, step: int, wanted: dict) -> N
     checkpoint's metadata is unreadable.
     """
     stored = manager.item_metadata(step)
-    problems = []
+    problems, note = [], ""
     for item, tree in wanted.items():
         if stored[item] is None:
             raise FileNotFoundError(f"{item}: no readable metadata")
-        problems += tree_differences(item, _flat_shapes(stored[item].tree), _flat_shapes(tree))
+        names = _flat_shapes(stored[item].tree)
+        problems += tree_differences(item, names, _flat_shapes(tree))
+        note = note or _layout_note(names)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CheckpointMismatchError(
             f"{Path(manager.directory) / str(step)} does not fit this run: "
-            f"{'; '.join(problems[:5])}{more}"
+            f"{'; '.join(problems[:5])}{more}{note}"
         )
 
 

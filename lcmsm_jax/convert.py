@@ -24,8 +24,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import nnx
+
+from lcmsm_jax.models import mit
 
 # read_state_dict: also used as convert.read_state_dict (lcmsm-train --config.train.pretrained).
 from lcmsm_jax.progress import say
@@ -275,9 +278,47 @@ def _to_flax_layout(value: Array, target_shape: tuple[int, ...]) -> Array:
     return value
 
 
-def _model_variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
+def per_block_variables(state: nnx.State) -> list[tuple[tuple, object, tuple | None]]:
+    """The variables of a model's state as checkpoints name them: one entry per MiT block.
+
+    Returns [(path, variable, (stacked path, block index) or None)]; a stage's stacked
+    parameters (`block3.attn.q.kernel` [40, ...]) appear once per block
+    (`block3.17.attn.q.kernel`), as the PyTorch layouts store them (docs/method.md §2.2).
+    """
+    out = []
+    for path, variable in nnx.to_flat_state(state):
+        position = mit.stacked_stage_position(path)
+        if position is None:
+            out.append((path, variable, None))
+            continue
+        for index in range(variable.get_value().shape[0]):
+            block_path = path[: position + 1] + (index,) + path[position + 1 :]
+            out.append((block_path, variable, (path, index)))
+    return out
+
+
+def per_block_arrays(model: nnx.Module) -> dict[tuple, np.ndarray]:
+    """Every Param and BatchStat of `model` by its per-block path (see `per_block_variables`),
+    as numpy arrays in our layouts (the inverse of what `load_torch_state_dict` fills)."""
     params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
-    return dict(nnx.to_flat_state(params)) | dict(nnx.to_flat_state(stats))
+    out = {}
+    for state in (params, stats):
+        for path, variable, stacked in per_block_variables(state):
+            value = np.asarray(variable.get_value())
+            out[path] = value if stacked is None else value[stacked[1]]
+    return out
+
+
+def _model_variables(model: nnx.Module) -> dict[tuple, jax.ShapeDtypeStruct]:
+    """Shape and dtype of every variable `load_torch_state_dict` can fill, by per-block path."""
+    params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
+    out = {}
+    for state in (params, stats):
+        for path, variable, stacked in per_block_variables(state):
+            value = variable.get_value()
+            shape = value.shape if stacked is None else value.shape[1:]
+            out[path] = jax.ShapeDtypeStruct(shape, value.dtype)
+    return out
 
 
 def load_torch_state_dict(
@@ -337,11 +378,23 @@ def load_torch_state_dict(
 
 
 def _assign(model: nnx.Module, filled: dict[tuple, Array]) -> None:
-    state = nnx.state(model)
+    """Write `filled` (per-block paths) into `model`; a stacked stage's blocks go into their
+    slices of the stacked array, blocks not filled keep their values."""
+    by_path: dict[tuple, Array] = {}
+    for path, variable, stacked in per_block_variables(nnx.state(model)):
+        if path not in filled:
+            continue
+        if stacked is None:
+            by_path[path] = filled[path]
+            continue
+        stacked_path, index = stacked
+        if stacked_path not in by_path:
+            by_path[stacked_path] = np.array(variable.get_value())
+        by_path[stacked_path][index] = filled[path]
     flat = []
-    for path, variable in nnx.to_flat_state(state):
-        if path in filled:
-            variable = variable.replace(filled[path])
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        if path in by_path:
+            variable = variable.replace(by_path[path])
         flat.append((path, variable))
     nnx.update(model, nnx.from_flat_state(flat))
 

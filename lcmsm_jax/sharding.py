@@ -309,11 +309,13 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def fsdp_spec(shape: tuple[int, ...], size: int) -> PartitionSpec:
-    """The largest dimension of `shape` divisible by `size` split over "data" (the first
-    of equals); replicated when none is, or for scalars."""
+def fsdp_spec(shape: tuple[int, ...], size: int, *, first_axis: int = 0) -> PartitionSpec:
+    """The largest dimension of `shape` (from `first_axis` on) divisible by `size` split over
+    "data" (the first of equals); replicated when none is, or for scalars."""
     best = None
     for axis, length in enumerate(shape):
+        if axis < first_axis:
+            continue
         if length % size == 0 and length >= size and (best is None or length > shape[best]):
             best = axis
     if best is None:
@@ -321,13 +323,26 @@ def fsdp_spec(shape: tuple[int, ...], size: int) -> PartitionSpec:
     return PartitionSpec(*[DATA_AXIS if axis == best else None for axis in range(len(shape))])
 
 
-def state_shardings(tree, mesh: jax.sharding.Mesh, fsdp: bool):
+def state_shardings(
+    tree, mesh: jax.sharding.Mesh, fsdp: bool, *, stacked: Callable[[tuple], bool] | None = None
+):
     """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs): replicated, or
-    with `fsdp` split by `fsdp_spec` (parameters, optimiser moments, EMA copy alike)."""
+    with `fsdp` split by `fsdp_spec` (parameters, optimiser moments, EMA copy alike).
+
+    Leaves whose path (a tuple of dict keys / indices) `stacked` accepts hold stacked layers
+    ([depth, ...], e.g. a MiT stage's blocks) and are never split along the depth: the scan
+    over the layers reads one slice per iteration, which must not need a gather.
+    """
     size = mesh.shape[DATA_AXIS]
     if not fsdp or size == 1:
         return jax.tree.map(lambda _: replicated(mesh), tree)
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), size)), tree)
+
+    def spec(path, x):
+        keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+        first_axis = 1 if stacked is not None and stacked(keys) else 0
+        return NamedSharding(mesh, fsdp_spec(np.shape(x), size, first_axis=first_axis))
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
 
 
 def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh, what: str) -> int:

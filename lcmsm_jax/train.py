@@ -225,7 +225,9 @@ def _run(
     # ------------------------------------------------------------------ optimiser and state
     tx, schedule = optim.make_optimizer(config.optim, params.to_pure_dict(), config.train.steps)
     state = uda_step.init_state(model, tx, text_embeddings)
-    state_sharding = sharding.state_shardings(state, mesh, config.mesh.fsdp)
+    state_sharding = sharding.state_shardings(
+        state, mesh, config.mesh.fsdp, stacked=models.is_stacked
+    )
     state = jax.device_put(state, state_sharding)
     del model, params
     directory = Path(manager.directory)

@@ -38,8 +38,7 @@ def tiny_config():
 def torch_style_state_dict(model: nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:
     """Our variables written back out under mmseg names and torch layouts."""
     out = {}
-    for path, variable in nnx.to_flat_state(nnx.state(model)):
-        value = np.asarray(variable[...])
+    for path, value in convert.per_block_arrays(model).items():
         *module, leaf = [str(p) for p in path]
         name = ".".join(module)
         name = name.replace(".mlp.dwconv", ".mlp.dwconv.dwconv").replace(
@@ -201,3 +200,29 @@ def test_restore_into_a_different_model_names_the_checkpoint(tmp_path, source_mo
     ):
         checkpoint.restore_model(tmp_path / "ckpt", models.Segmentor(other, rngs=nnx.Rngs(0)))
     jax.clear_caches()
+
+
+def test_restore_of_per_block_mit_weights_says_the_layout_changed(tmp_path, source_model):
+    """A checkpoint that stores MiT blocks one by one (`block1.0.*`, the layout before a
+    stage's blocks were stored stacked) is refused with a line that says so."""
+    import orbax.checkpoint as ocp
+
+    params, batch_stats = nnx.state(source_model, nnx.Param, nnx.BatchStat)
+    params = params.to_pure_dict()
+    for stage in range(1, 5):
+        stacked = params["backbone"][f"block{stage}"]
+        depth = len(jax.tree.leaves(stacked)[0])
+        params["backbone"][f"block{stage}"] = {
+            str(i): jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(depth)
+        }
+    checkpoint._checkpointer().save(
+        tmp_path / "old",
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            batch_stats=ocp.args.StandardSave(batch_stats.to_pure_dict()),
+            metadata=ocp.args.JsonSave({}),
+        ),
+    )
+    with pytest.raises(ValueError, match=r"stores MiT blocks one by one \(block3\.17\.\*\)"):
+        checkpoint.restore_model(tmp_path / "old", models.Segmentor(tiny_config(),
+                                                                    rngs=nnx.Rngs(0)))

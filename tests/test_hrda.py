@@ -262,7 +262,8 @@ def build_model(cfg, seed: int = 0) -> hrda.MultiResSegmentor:
         shape = variable.get_value().shape
         noise = rng.standard_normal(shape).astype(np.float32)
         value = {
-            "kernel": noise / np.sqrt(np.prod(shape[:-1])),
+            # A stage's stacked blocks: fan-in of one block (the leading axis is the depth).
+            "kernel": noise / np.sqrt(np.prod(shape[int(models.is_stacked(path)) : -1])),
             "scale": 1.0 + 0.1 * noise,
             "bias": 0.1 * noise,
             "mean": np.zeros(shape, np.float32),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from lcmsm_jax import sharding, train
+from lcmsm_jax import models, sharding, train
 from lcmsm_jax.data import datasets
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -218,6 +218,20 @@ def test_fsdp_splits_every_large_array_over_the_data_axis():
     assert placed["kernel"].addressable_shards[0].data.shape == (3, 3, 16, 16)
     off = sharding.state_shardings(tree, mesh, fsdp=False)
     assert all(s.spec == PartitionSpec() for s in jax.tree.leaves(off))
+
+
+def test_fsdp_never_splits_a_mit_stage_along_its_stacked_blocks():
+    """[depth, ...] arrays of a stage's blocks (in parameters and optimiser moments alike)
+    are split along a weight axis, not the block axis the scan slices."""
+    mesh = sharding.make_mesh(4)
+    stage = {"block3": {"attn": {"q": {"kernel": np.zeros((40, 32, 8))}}}}
+    tree = {"params": {"backbone": stage}, "mu": ({"backbone": stage},),
+            "head": {"kernel": np.zeros((40, 32, 8))}}  # fmt: skip
+    shardings = sharding.state_shardings(tree, mesh, fsdp=True, stacked=models.is_stacked)
+    by_block = PartitionSpec(None, "data", None)
+    assert shardings["params"]["backbone"]["block3"]["attn"]["q"]["kernel"].spec == by_block
+    assert shardings["mu"][0]["backbone"]["block3"]["attn"]["q"]["kernel"].spec == by_block
+    assert shardings["head"]["kernel"].spec == PartitionSpec("data", None, None)
 
 
 # ----------------------------------------------------------------------------- 2 x 2 vs 1 x 4

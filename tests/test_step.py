@@ -342,7 +342,7 @@ def _with_leaf(tree, path, value):
 
 FD_SAMPLES = [
     ("backbone", "patch_embed1", "proj", "kernel"),
-    ("backbone", "block1", 0, "attn", "q", "kernel"),
+    ("backbone", "block1", 0, "attn", "q", "kernel"),  # block 0 of stage 1's stacked weights
     ("backbone", "block4", 1, "mlp", "dwconv", "kernel"),
     ("backbone", "norm4", "scale"),
     ("decode_head", "embed_layers", 2, "proj", "kernel"),
@@ -376,9 +376,17 @@ def test_gradient_matches_central_finite_differences_in_float64():
 
         grads = jax.jit(jax.grad(total))(params)
         loss_at = jax.jit(total)
-        for path in FD_SAMPLES:
+        for sample in FD_SAMPLES:
+            # A MiT stage's blocks are one stacked array: (..., "block1", 0, ...) is block 0.
+            block = next((k for k in sample if isinstance(k, int)), None)
+            stacked = str(sample[1]).startswith("block") and block is not None
+            path = sample[:2] + sample[3:] if stacked else sample
             leaf, grad = _get(params, path), np.asarray(_get(grads, path)).reshape(-1)
-            index = int(np.argmax(np.abs(grad)))  # the most sensitive entry of this tensor
+            start, stop = 0, grad.size
+            if stacked:
+                start, stop = block * leaf[0].size, (block + 1) * leaf[0].size
+            # The most sensitive entry of this tensor (of this block).
+            index = start + int(np.argmax(np.abs(grad[start:stop])))
             step = 1e-5 * max(1.0, abs(float(leaf.reshape(-1)[index])))
             shifted = [
                 _with_leaf(params, path, leaf.reshape(-1).at[index].add(s).reshape(leaf.shape))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +48,30 @@ BLOCK_NORM_EPS = 1e-6
 # input; either trades one extra forward of the backbone for activation memory.
 REMAT_MODES = ("none", "block", "stage")
 
-# How a stage's blocks are laid out in the program (config.model.scan_blocks): True runs
-# the identical blocks of a stage as one `jax.lax.scan` over their stacked parameters, so
-# the compiled program holds one block per stage whatever the depth (MiT-B5's 3/6/40/3
-# compile about as fast as MiT-B0's 2/2/2/2); False unrolls them, one copy per block.
-# Parameters are stored per block either way (`block3.17.attn.q`), see docs/method.md §2.2.
+# How a stage's blocks are stored and run. Storage: the identical blocks of a stage are one
+# `Block` whose parameters carry a leading [depth] axis (`block3.attn.q.kernel` is
+# [40, 320, 320] in MiT-B5), so the optimiser, the EMA teacher and every pass of the train step
+# handle one array per stage and kind of weight, not one per block (MiT-B5 has 52 blocks).
+# Running (config.model.scan_blocks): True scans the stage's stacked parameters with
+# `jax.lax.scan`, so the compiled program holds one block per stage whatever the depth; False
+# unrolls the blocks, slicing each one's weights. PyTorch checkpoints name blocks one by one
+# (`block3.17.attn.q.weight`); `convert.per_block_variables` maps between the two
+# (docs/method.md §2.2).
+STACKED_STAGE = re.compile(r"^block[1-4]$")
+
+
+def stacked_stage_position(path: tuple) -> int | None:
+    """Where a stacked stage's name (`block1`..`block4`) sits in a parameter path, or None
+    for a parameter that is not stacked (its leading axis is then not the block index)."""
+    return next(
+        (i for i, key in enumerate(path) if isinstance(key, str) and STACKED_STAGE.match(key)),
+        None,
+    )
+
+
+def is_stacked(path: tuple) -> bool:
+    """Whether the leaf at `path` (dict keys / indices) holds a stage's stacked blocks."""
+    return stacked_stage_position(path) is not None
 
 
 def _mit_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype) -> nnx.Linear:
@@ -225,6 +245,7 @@ class MixVisionTransformer(nnx.Module):
         total_blocks = sum(spec.depths)
         # Drop-path rate rises linearly over all blocks, counted globally across stages.
         rates = [drop_path_rate * i / max(total_blocks - 1, 1) for i in range(total_blocks)]
+        self.drop_path_rates = tuple(rates)
         block_index = 0
         previous = in_channels
         for stage, (dim, depth) in enumerate(
@@ -251,7 +272,8 @@ class MixVisionTransformer(nnx.Module):
                     )
                 )
                 block_index += 1
-            setattr(self, f"block{stage}", nnx.List(blocks))
+            # Initialised block by block (the same draws as separate blocks), then stacked.
+            setattr(self, f"block{stage}", _stack_blocks(blocks))
             setattr(
                 self, f"norm{stage}", layers.layer_norm(dim, BLOCK_NORM_EPS, rngs=rngs, dtype=dtype)
             )
@@ -280,8 +302,15 @@ class MixVisionTransformer(nnx.Module):
         return features
 
 
-def _call_block(block: Block, x: jax.Array, rng: jax.Array | None) -> jax.Array:
-    return block(x, rng)
+def _stack_blocks(blocks: list[Block]) -> Block:
+    """One `Block` whose parameters hold `blocks`' stacked on a leading [depth] axis."""
+    graphdef = nnx.split(blocks[0])[0]
+    states = [nnx.split(block)[1] for block in blocks]
+    return nnx.merge(graphdef, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+
+
+def _call_block(block: Block, x: jax.Array, rng: jax.Array | None, rate) -> jax.Array:
+    return block(x, rng, drop_path_rate=rate)
 
 
 # The block under jax.checkpoint: only its input (and key) is kept for the backward pass.
@@ -289,19 +318,17 @@ _call_block_remat = nnx.remat(_call_block)
 
 
 def _scan_blocks(
-    blocks: nnx.List, x: jax.Array, rng: jax.Array | None, first_block: int, remat: bool
-) -> jax.Array:
-    """The blocks of one stage as one `jax.lax.scan` over their stacked parameters.
+    stacked: Block, rates: tuple[float, ...], x: jax.Array, rng: jax.Array | None,
+    first_block: int, remat: bool,
+) -> jax.Array:  # fmt: skip
+    """A stage's blocks as one `jax.lax.scan` over their stacked parameters.
 
-    The blocks differ only in their weights and drop-path rates, so the loop body is the
-    first block's graph merged with the i-th block's weights, and the rate and the
-    drop-path key (folded from the block's global index, as unrolled) are scanned too.
-    Gradients flow back through the stack to each block's own parameters.
+    The blocks differ only in their weights and drop-path rates, so the loop body is one
+    block's graph merged with the i-th slice of the weights, and the rate and the drop-path
+    key (folded from the block's global index, as unrolled) are scanned too.
     """
-    graphdef = nnx.split(blocks[0])[0]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(b)[1] for b in blocks))
-    rates = jnp.asarray([block.drop_path_rate for block in blocks], jnp.float32)
-    indices = jnp.arange(first_block, first_block + len(blocks))
+    graphdef, weights = nnx.split(stacked)
+    indices = jnp.arange(first_block, first_block + len(rates))
 
     def body(x, per_block):
         weights, rate, index = per_block
@@ -310,7 +337,7 @@ def _scan_blocks(
 
     if remat:
         body = jax.checkpoint(body)
-    return jax.lax.scan(body, x, (stacked, rates, indices))[0]
+    return jax.lax.scan(body, x, (weights, jnp.asarray(rates, jnp.float32), indices))[0]
 
 
 def _run_stage(
@@ -325,12 +352,16 @@ def _run_stage(
     Drop path keys are folded from `rng` with the block's global index.
     """
     x = getattr(model, f"patch_embed{stage}")(x)
-    blocks = getattr(model, f"block{stage}")
-    if model.scan_blocks and len(blocks) > 1:
-        x = _scan_blocks(blocks, x, rng, first_block, remat=model.remat == "block")
+    stacked = getattr(model, f"block{stage}")
+    depth = model.depths[stage - 1]
+    rates = model.drop_path_rates[first_block : first_block + depth]
+    if model.scan_blocks and depth > 1:
+        x = _scan_blocks(stacked, rates, x, rng, first_block, remat=model.remat == "block")
     else:
         call = _call_block_remat if model.remat == "block" else _call_block
-        for offset, block in enumerate(blocks):
+        graphdef, weights = nnx.split(stacked)
+        for offset in range(depth):
+            block = nnx.merge(graphdef, jax.tree.map(lambda w, i=offset: w[i], weights))
             key = None if rng is None else jax.random.fold_in(rng, first_block + offset)
-            x = call(block, x, key)
+            x = call(block, x, key, rates[offset])
     return getattr(model, f"norm{stage}")(x)
