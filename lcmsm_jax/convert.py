@@ -7,6 +7,8 @@ Accepted sources (names after stripping `module.`):
     `decode_head.linear_projections.*` / `decode_head.linear_c.*`);
   * mmseg segmentors: `backbone.*`, `decode_head.*` (DAFormer head or SegFormer head),
     `vlc_head.*` (LC-MSM head);
+  * HRDA / MIC(HRDA) segmentors: `decode_head.head.*` (the wrapped head) and
+    `decode_head.scale_attention.*` (-> `attention_head.decode.*`), likewise `vlc_head.*`;
   * UDA checkpoints: `model.*` (student) or `ema_model.*` (teacher), `text_embed_net.*`;
     the other copy and `imnet_model.*` are skipped.
 
@@ -18,6 +20,7 @@ missing. A shape mismatch is an error naming both sides.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -193,8 +196,20 @@ def canonicalize(
     return kept, skipped
 
 
+# HRDA / MIC(HRDA) segmentors (lhoyer/HRDA `HRDAHead`): the wrapped head is `<head>.head.*`
+# and its scale attention `<head>.scale_attention.*`; ours are `<head>.*` and
+# `attention_head.<name>.*` (`models.hrda.MultiResSegmentor`). The LC-MSM head wrapped the
+# same way (`vlc_head.head.*`, `vlc_head.scale_attention.*`) maps alike.
+_HRDA_RENAMES = [
+    (r"^(decode_head|vlc_head)\.head\.", r"\1."),
+    (r"^decode_head\.scale_attention\.", "attention_head.decode."),
+    (r"^vlc_head\.scale_attention\.", "attention_head.lcmsm."),
+]
+
+
 def _rename_source(name: str) -> str:
     """One source name (without UDA prefix) -> canonical mmseg name."""
+    name = _apply(_HRDA_RENAMES, name)
     if name.startswith(_HF_MARKERS):
         name = name.removeprefix("segformer.")
         return "backbone." + _apply(_HF_BACKBONE_RENAMES, name)
@@ -278,43 +293,12 @@ def _to_flax_layout(value: Array, target_shape: tuple[int, ...]) -> Array:
     return value
 
 
-def per_block_variables(state: nnx.State) -> list[tuple[tuple, object, tuple | None]]:
-    """The variables of a model's state as checkpoints name them: one entry per MiT block.
-
-    Returns [(path, variable, (stacked path, block index) or None)]; a stage's stacked
-    parameters (`block3.attn.q.kernel` [40, ...]) appear once per block
-    (`block3.17.attn.q.kernel`), as the PyTorch layouts store them (docs/method.md §2.2).
-    """
-    out = []
-    for path, variable in nnx.to_flat_state(state):
-        position = mit.stacked_stage_position(path)
-        if position is None:
-            out.append((path, variable, None))
-            continue
-        for index in range(variable.get_value().shape[0]):
-            block_path = path[: position + 1] + (index,) + path[position + 1 :]
-            out.append((block_path, variable, (path, index)))
-    return out
-
-
-def per_block_arrays(model: nnx.Module) -> dict[tuple, np.ndarray]:
-    """Every Param and BatchStat of `model` by its per-block path (see `per_block_variables`),
-    as numpy arrays in our layouts (the inverse of what `load_torch_state_dict` fills)."""
-    params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
-    out = {}
-    for state in (params, stats):
-        for path, variable, stacked in per_block_variables(state):
-            value = np.asarray(variable.get_value())
-            out[path] = value if stacked is None else value[stacked[1]]
-    return out
-
-
 def _model_variables(model: nnx.Module) -> dict[tuple, jax.ShapeDtypeStruct]:
     """Shape and dtype of every variable `load_torch_state_dict` can fill, by per-block path."""
     params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
     out = {}
     for state in (params, stats):
-        for path, variable, stacked in per_block_variables(state):
+        for path, variable, stacked in mit.per_block_variables(state):
             value = variable.get_value()
             shape = value.shape if stacked is None else value.shape[1:]
             out[path] = jax.ShapeDtypeStruct(shape, value.dtype)
@@ -381,7 +365,7 @@ def _assign(model: nnx.Module, filled: dict[tuple, Array]) -> None:
     """Write `filled` (per-block paths) into `model`; a stacked stage's blocks go into their
     slices of the stacked array, blocks not filled keep their values."""
     by_path: dict[tuple, Array] = {}
-    for path, variable, stacked in per_block_variables(nnx.state(model)):
+    for path, variable, stacked in mit.per_block_variables(nnx.state(model)):
         if path not in filled:
             continue
         if stacked is None:
@@ -436,6 +420,48 @@ def check_filled(
     )
 
 
+def check_parts(
+    report: ConversionReport, source: str | os.PathLike, minimum: float = MIN_FILLED_FRACTION
+) -> None:
+    """Raise PartialConversionError when the backbone, or a head while source tensors went
+    unmatched, has fewer than `minimum` of its variables filled.
+
+    An ImageNet backbone checkpoint fills no head and leaves nothing unmatched: that is a
+    backbone initialisation, not an error. A segmentor checkpoint whose head tensors are
+    named in a layout the converter does not map leaves the head empty *and* tensors
+    unmatched; the message names each such part and the source prefixes closest to it.
+    """
+    counts: dict[str, list[int]] = {}
+    for _, target in report.loaded:
+        part = counts.setdefault(target.split(".")[0], [0, 0])
+        part[0], part[1] = part[0] + 1, part[1] + 1
+    for name in report.missing:
+        counts.setdefault(name.split(".")[0], [0, 0])[1] += 1
+    empty = [
+        (part, filled, total)
+        for part, (filled, total) in sorted(counts.items())
+        if filled < minimum * total and (part == "backbone" or report.unmatched)
+    ]
+    if not empty:
+        return
+    prefixes: dict[str, int] = {}
+    for name in report.unmatched:
+        prefix = ".".join(name.split(".")[:2])
+        prefixes[prefix] = prefixes.get(prefix, 0) + 1
+    lines = []
+    for part, filled, total in empty:
+        close = difflib.get_close_matches(part, list(prefixes), n=3, cutoff=0.0)
+        seen = ", ".join(f"{p}.* ({prefixes[p]} tensors)" for p in close) or "none"
+        lines.append(f"{part}: {filled} of {total} variables filled; closest unmatched "
+                     f"source prefixes: {seen}")  # fmt: skip
+    raise PartialConversionError(
+        f"{source}: {'; '.join(lines)}. {len(report.unmatched)} source tensors match no model "
+        "variable: is the file in a layout this converter reads, and of this network "
+        "(config.model)? Nothing was written; --allow-partial writes it with the other "
+        "variables randomly initialised"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`lcmsm-convert --config C.py --torch-checkpoint F.pth --workdir DIR [--weights ...]`.
 
@@ -462,22 +488,38 @@ def main(argv: list[str] | None = None) -> int:
                           "model's variables were filled.", flag_values=fv)  # fmt: skip
         flags.DEFINE_integer("seed", 0, "Seed for variables the checkpoint does not fill.",
                              flag_values=fv)  # fmt: skip
+        flags.DEFINE_string("export", None,
+                            "The other way: write the run in --workdir (its newest checkpoint, "
+                            "or --step) to this .pth or .safetensors file in the official "
+                            "PyTorch layout, with the evaluation settings in <file>.json.",
+                            flag_values=fv)  # fmt: skip
+        flags.DEFINE_integer("step", None, "With --export: the checkpoint step (default: newest).",
+                             flag_values=fv)  # fmt: skip
 
     try:
         flag_values = config_cli.parse(
-            "lcmsm-convert", argv, define, required=("torch_checkpoint", "workdir"),
-            description="Convert a PyTorch checkpoint into <workdir>/converted.",
+            "lcmsm-convert", argv, define, required=("workdir",),
+            description="Convert a PyTorch checkpoint into <workdir>/converted, or (--export) "
+            "a run's checkpoint into a PyTorch one.",
             examples=[
                 "lcmsm-convert --config configs/gta2cs_lcmsm.py --torch-checkpoint mit_b5.pth "
                 "--workdir runs/gta2cs",
                 "lcmsm-convert --config configs/gta2cs_lcmsm.py --torch-checkpoint "
                 "lcmsm_gta2cs.pth --workdir runs/official --weights teacher",
+                "lcmsm-convert --config configs/gta2cs_lcmsm.py --workdir runs/gta2cs "
+                "--export gta2cs_teacher.pth --weights teacher",
             ],
         )  # fmt: skip
+        if flag_values.export is None and flag_values.torch_checkpoint is None:
+            raise config_cli.UsageError(
+                "--torch-checkpoint is required (or --export, to write a run out)"
+            )
         config_checks.check_model_config(flag_values.config)
     except config_cli.UsageError as err:
         return config_cli.report_usage("lcmsm-convert", err)
     config = flag_values.config
+    if flag_values.export is not None:
+        return _export(config, flag_values)
     target = (Path(flag_values.workdir) / checkpoint.CONVERTED).absolute()
     if target.exists():  # checked first: converting a large checkpoint takes a while
         raise FileExistsError(f"{target} already exists; remove it or choose another --workdir")
@@ -493,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     report = load_torch_state_dict(nnx.eval_shape(build), source, **options, dry_run=True)
     if not flag_values.allow_partial:
         check_filled(report, flag_values.torch_checkpoint)
+        check_parts(report, flag_values.torch_checkpoint)
     model = build()
     report = load_torch_state_dict(model, source, **options)
     say(report.summary())
@@ -507,4 +550,24 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     say(f"wrote {target}")
+    return 0
+
+
+def _export(config, flag_values) -> int:
+    """`lcmsm-convert --export F.pth --workdir RUN`: a run's weights in the official layout."""
+    from lcmsm_jax import restore, torch_export
+
+    torch_export.check_destination(flag_values.export)
+    graphdef, params, batch_stats, step = restore.load_weights(
+        config, flag_values.workdir, step=flag_values.step, weights=flag_values.weights
+    )
+    model = nnx.merge(graphdef, params, batch_stats)
+    settings = torch_export.evaluation_settings(config)
+    settings |= {"weights": flag_values.weights, "step": step,
+                 "run": str(Path(flag_values.workdir).resolve())}  # fmt: skip
+    state_dict = torch_export.to_torch_state_dict(model)
+    written = torch_export.write(state_dict, flag_values.export, settings)
+    what = "converted weights" if step is None else f"step {step}"
+    say(f"wrote {len(state_dict)} tensors ({flag_values.weights}, {what}) to "
+        f"{written[0]} and the evaluation settings to {written[1]}")  # fmt: skip
     return 0

@@ -38,7 +38,7 @@ def tiny_config():
 def torch_style_state_dict(model: nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:
     """Our variables written back out under mmseg names and torch layouts."""
     out = {}
-    for path, value in convert.per_block_arrays(model).items():
+    for path, value in models.per_block_arrays(model).items():
         *module, leaf = [str(p) for p in path]
         name = ".".join(module)
         name = name.replace(".mlp.dwconv", ".mlp.dwconv.dwconv").replace(

@@ -462,3 +462,72 @@ def test_multires_forward_rejects_bad_sizes_and_heads():
         abstract_model(model_config(), detail_size=(30, 32))
     with pytest.raises(ValueError, match="unknown heads"):
         abstract_model(model_config(), attention_heads=("aux",))
+
+
+# ----------------------------------------------------------------------------- upstream layouts
+
+
+def upstream_uda_state_dict(cfg, seed: int) -> tuple[dict, dict]:
+    """A MIC(HRDA)-style UDA checkpoint: each head wrapped in HRDA's `HRDAHead` (upstream's
+    attribute names: `head`, `scale_attention`), under `model.` (student), `ema_model.`
+    (teacher: other values) and `imnet_model.` (skipped); the backbone's mmseg names come
+    from test_convert's writer. Returns (state_dict, the same tensors under our names)."""
+    from test_convert import torch_style_state_dict
+
+    modules, ours = torch_modules(cfg, seed)
+    segmentor = torch.nn.Module()
+    segmentor.decode_head = ref.HRDAHead(
+        modules["decode_head"], modules["attention_head.decode"], NUM_CLASSES
+    )
+    segmentor.vlc_head = ref.HRDAHead(
+        modules["vlc_head"], modules["attention_head.lcmsm"], NUM_CLASSES
+    )
+    heads = {k: v.numpy().copy() for k, v in segmentor.state_dict().items()}
+    assert any(k.startswith("decode_head.head.") for k in heads)
+    assert any(k.startswith("vlc_head.scale_attention.") for k in heads)
+    backbone = {k: v for k, v in torch_style_state_dict(build_model(cfg, seed=seed + 2)).items()
+                if k.startswith("backbone.")}  # fmt: skip
+    student = backbone | heads
+    state = {f"model.{k}": v for k, v in student.items()}
+    state |= {f"ema_model.{k}": v * 0.5 for k, v in student.items()}
+    state |= {f"imnet_model.{k}": v for k, v in backbone.items()}
+    state |= {k: v for k, v in ours.items() if k.startswith("text_embed_net.")}
+    ours = backbone | ours
+    return state, ours
+
+
+@pytest.mark.parametrize("weights", ["student", "teacher"])
+def test_upstream_hrda_uda_checkpoint_loads_strictly(weights):
+    """Every tensor of an HRDA-wrapped UDA checkpoint lands where the hand-renamed one does
+    (whose logits equal upstream HRDA's in the tests above): strict, nothing unmatched."""
+    cfg = model_config()
+    state, ours = upstream_uda_state_dict(cfg, seed=3)
+    model = build_model(cfg)
+    report = convert.load_torch_state_dict(model, state, weights=weights, strict=True)
+    assert report.unmatched == [] and report.missing == []
+    expected = build_model(cfg)
+    scale = 1.0 if weights == "student" else 0.5
+    convert.load_torch_state_dict(
+        expected,
+        {k: v * scale if not k.startswith("text_embed_net.") and np.issubdtype(v.dtype, np.floating)
+         else v for k, v in ours.items()},
+    )  # fmt: skip
+    mine, theirs = models.per_block_arrays(model), models.per_block_arrays(expected)
+    assert mine.keys() == theirs.keys()
+    for path in mine:
+        np.testing.assert_array_equal(mine[path], theirs[path], err_msg=str(path))
+
+
+def test_an_unknown_head_layout_is_refused_naming_the_head_and_prefixes():
+    """Heads under names the converter does not map are not a silent random head."""
+    cfg = model_config()
+    state, _ = upstream_uda_state_dict(cfg, seed=3)
+    state = {k.replace("decode_head.head.", "decode_head.wrapped."): v for k, v in state.items()}
+    report = convert.load_torch_state_dict(build_model(cfg), state)
+    convert.check_filled(report, "mic_hrda.pth")  # the backbone alone fills enough overall
+    with pytest.raises(
+        convert.PartialConversionError,
+        match=r"mic_hrda\.pth: decode_head: 0 of \d+ variables filled; closest unmatched "
+        r"source prefixes: decode_head\.wrapped\.\* \(\d+ tensors\)",
+    ):
+        convert.check_parts(report, "mic_hrda.pth")

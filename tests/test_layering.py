@@ -35,7 +35,7 @@ LAYERS = {
     "data": 1,
     **dict.fromkeys(("models", "export", "miou", "visualize"), 2),
     **dict.fromkeys(("uda", "inference", "evaluator", "restore", "clip_text"), 3),
-    **dict.fromkeys(("config_checks", "convert"), 4),
+    **dict.fromkeys(("config_checks", "convert", "torch_export"), 4),
     **dict.fromkeys(("train", "guards", "run_state", "evaluate", "predict"), 5),
     **dict.fromkeys(("ladder", "benchmark", "bench"), 6),
     **dict.fromkeys(("demo", "cli"), 7),

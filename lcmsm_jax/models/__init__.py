@@ -7,7 +7,7 @@ from flax import nnx
 from lcmsm_jax.models import hrda
 from lcmsm_jax.models.heads import DAFormerHead, LCMSMHead
 from lcmsm_jax.models.hrda import MultiResSegmentor, ScaleAttentionHead
-from lcmsm_jax.models.mit import MIT_VARIANTS, MixVisionTransformer, is_stacked
+from lcmsm_jax.models.mit import MIT_VARIANTS, MixVisionTransformer, is_stacked, per_block_arrays
 from lcmsm_jax.models.segmentor import Segmentor
 
 
@@ -34,4 +34,5 @@ __all__ = [
     "Segmentor",
     "build_segmentor",
     "is_stacked",
+    "per_block_arrays",
 ]

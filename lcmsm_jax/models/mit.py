@@ -12,6 +12,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lcmsm_jax.models import layers
@@ -55,7 +56,7 @@ REMAT_MODES = ("none", "block", "stage")
 # Running (config.model.scan_blocks): True scans the stage's stacked parameters with
 # `jax.lax.scan`, so the compiled program holds one block per stage whatever the depth; False
 # unrolls the blocks, slicing each one's weights. PyTorch checkpoints name blocks one by one
-# (`block3.17.attn.q.weight`); `convert.per_block_variables` maps between the two
+# (`block3.17.attn.q.weight`); `per_block_variables` maps between the two
 # (docs/method.md §2.2).
 STACKED_STAGE = re.compile(r"^block[1-4]$")
 
@@ -72,6 +73,37 @@ def stacked_stage_position(path: tuple) -> int | None:
 def is_stacked(path: tuple) -> bool:
     """Whether the leaf at `path` (dict keys / indices) holds a stage's stacked blocks."""
     return stacked_stage_position(path) is not None
+
+
+def per_block_variables(state: nnx.State) -> list[tuple[tuple, object, tuple | None]]:
+    """The variables of a model's state as checkpoints name them: one entry per MiT block.
+
+    Returns [(path, variable, (stacked path, block index) or None)]; a stage's stacked
+    parameters (`block3.attn.q.kernel` [40, ...]) appear once per block
+    (`block3.17.attn.q.kernel`), as the PyTorch layouts store them (docs/method.md §2.2).
+    """
+    out = []
+    for path, variable in nnx.to_flat_state(state):
+        position = stacked_stage_position(path)
+        if position is None:
+            out.append((path, variable, None))
+            continue
+        for index in range(variable.get_value().shape[0]):
+            block_path = path[: position + 1] + (index,) + path[position + 1 :]
+            out.append((block_path, variable, (path, index)))
+    return out
+
+
+def per_block_arrays(model: nnx.Module) -> dict[tuple, np.ndarray]:
+    """Every Param and BatchStat of `model` by its per-block path (see `per_block_variables`),
+    as numpy arrays in our layouts (what `convert.load_torch_state_dict` fills)."""
+    params, stats = nnx.state(model, nnx.Param, nnx.BatchStat)
+    out = {}
+    for state in (params, stats):
+        for path, variable, stacked in per_block_variables(state):
+            value = np.asarray(variable.get_value())
+            out[path] = value if stacked is None else value[stacked[1]]
+    return out
 
 
 def _mit_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype) -> nnx.Linear:
