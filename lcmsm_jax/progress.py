@@ -28,7 +28,9 @@ def say(message: str, stream: TextIO | None = None) -> None:
 
 # The packages whose versions change a run's numbers (XLA's numerics, random streams,
 # image decoding, data order).
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "pillow")
+_PACKAGES = (
+    "jax", "jaxlib", "ml_dtypes", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "pillow",
+)  # fmt: skip
 
 
 def versions() -> str:
