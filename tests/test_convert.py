@@ -182,7 +182,9 @@ def test_convert_command_writes_a_restorable_checkpoint(tmp_path, source_model, 
 
 def test_convert_command_usage_errors(tmp_path, capsys):
     assert convert.main(["--config", str(CONFIG_FILE)]) == 2
-    assert "--torch-checkpoint is required" in capsys.readouterr().out
+    assert "--workdir is required" in capsys.readouterr().out
+    assert convert.main(["--config", str(CONFIG_FILE), "--workdir", str(tmp_path)]) == 2
+    assert "--torch-checkpoint is required (or --export" in capsys.readouterr().out
     argv = ["--config", str(CONFIG_FILE), "--config.model.no_such_field=1",
             "--torch-checkpoint", "x.npz", "--workdir", str(tmp_path)]  # fmt: skip
     assert convert.main(argv) == 2
