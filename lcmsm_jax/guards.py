@@ -1,11 +1,11 @@
-"""What stops a training run cleanly: a non-finite loss or state, and SIGTERM / SIGINT.
+"""What stops a training run cleanly: a non-finite loss or state, and stop signals.
 
   * `LossWatch` keeps each step's metrics on the device and checks every step's losses at
     the next fetch, naming the first step whose loss is NaN/inf and its batch;
   * `check_state` checks the whole training state finite before it is saved, so every
     checkpoint holds finite values;
-  * `StopSignals` turns SIGTERM / SIGINT (preemption, Ctrl-C) into "checkpoint this step,
-    then stop" (`Preempted`); a second signal stops at once.
+  * `StopSignals` turns SIGTERM / SIGUSR1 / SIGINT (a scheduler's notice, Ctrl-C) into
+    "checkpoint this step, then stop" (`Preempted`); a second Ctrl-C stops at once.
 
 Both failures name the last good checkpoint.
 """
@@ -33,7 +33,7 @@ class EvaluationFailed(RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM/SIGINT stopped the run after checkpointing `step` at `path` (or before its
+    """A stop signal stopped the run after checkpointing `step` at `path` (or before its
     first step: `path` None); rerunning the same command resumes from there."""
 
     def __init__(self, step: int, path: Path | None, signal_name: str | None = None):
@@ -158,17 +158,25 @@ class LossWatch:
 
 
 class StopSignals:
-    """SIGTERM / SIGINT from set-up to the last save: finish the step, checkpoint, stop.
+    """SIGTERM / SIGUSR1 / SIGINT from set-up to the last save: finish the step, checkpoint,
+    stop.
 
     Installed for a whole command (`lcmsm-demo` holds one across its runs; each `train()`
     inside reuses it), so a signal during set-up, compilation, the last step or between two
     runs is noted and acted on at the next step boundary, never lost to the default handler.
 
+    SIGTERM and SIGUSR1 are a scheduler's notices. Schedulers repeat them (SLURM signals
+    every task of a preempted job again when its grace time ends, and `launch/slurm.sbatch`
+    passes a notice the batch shell received on as SIGUSR1), so a repeat is ignored: the
+    checkpoint being written is not given up. SIGKILL is the way to stop at once. SIGINT is
+    a person's: Ctrl-C after any notice restores the previous handler and re-raises, stopping
+    at once.
+
     Single process: Python handlers note the signal; the loop stops after the step in
     progress. Multi-process: all processes must save the same step, so JAX's preemption
-    service (started by `jax.distributed.initialize`, which owns SIGTERM) agrees on one and
-    orbax's `reached_preemption` reports it; SIGINT is forwarded to it as SIGTERM. A second
-    signal restores the previous handler and re-raises, stopping at once.
+    service (started by `jax.distributed.initialize`, which owns SIGTERM and ignores its
+    repeats) agrees on one and orbax's `reached_preemption` reports it; SIGUSR1 and SIGINT
+    are forwarded to it as SIGTERM.
     """
 
     _active: StopSignals | None = None  # the installed instance, shared by nested blocks
@@ -191,9 +199,9 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # handlers can only be installed from the main thread
         if jax.process_count() == 1:
-            wanted = (signal.SIGTERM, signal.SIGINT)
+            wanted = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
         elif jax.config.jax_enable_preemption_service and jax.distributed.is_initialized():
-            wanted = (signal.SIGINT,)
+            wanted = (signal.SIGUSR1, signal.SIGINT)
         else:
             wanted = ()  # no way to agree on a step: keep the default behaviour
         for sig in wanted:
@@ -213,9 +221,10 @@ class StopSignals:
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None:
-            self._restore()
-            signal.raise_signal(signum)
-            return
+            if signum == signal.SIGINT:  # a person insisting
+                self._restore()
+                signal.raise_signal(signum)
+            return  # a repeated notice: the stop is already under way
         self.received = signal.Signals(signum).name
         if jax.process_count() > 1:
             signal.raise_signal(signal.SIGTERM)  # to the preemption service's handler

@@ -455,6 +455,24 @@ def test_ctrl_c_checkpoints_the_step_and_the_rerun_matches(reference, tmp_path, 
     assert_same_arrays(saved(tmp_path / "run", STEPS), saved(reference, STEPS))
 
 
+def test_a_repeated_notice_is_ignored_and_ctrl_c_after_one_stops_at_once():
+    """Schedulers repeat their notice (SLURM at the end of a preemption's grace time; the
+    batch shell's SIGUSR1 on top of the tasks' SIGTERM): the stop under way must go on."""
+    from lcmsm_jax.guards import StopSignals
+
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    handlers = [signal.getsignal(sig) for sig in wanted]
+    with StopSignals() as stop:
+        signal.raise_signal(signal.SIGUSR1)
+        assert stop.received == "SIGUSR1"
+        signal.raise_signal(signal.SIGTERM)  # would end the process if it were not caught
+        signal.raise_signal(signal.SIGUSR1)
+        assert stop.received == "SIGUSR1" and stop.requested(1, manager=None)
+        with pytest.raises(KeyboardInterrupt):  # the previous (pytest's) SIGINT handler
+            signal.raise_signal(signal.SIGINT)
+    assert [signal.getsignal(sig) for sig in wanted] == handlers
+
+
 def test_a_signal_during_set_up_stops_before_the_first_step(tmp_path, monkeypatch):
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     resolve = train.text.resolve
