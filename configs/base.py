@@ -236,4 +236,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.process_id = -1  # explicit: this process (or $LCMSM_PROCESS_ID)
     config.mesh.slurm_process_per = "auto"  # gpu | node | auto (node when 1 task per node)
     config.mesh.init_timeout = 60  # seconds for every process to join, then stop with an error
+    # Seconds the processes wait for the slowest one after compiling a program, before its
+    # first collective (lcmsm_jax/peers.py); then the run stops naming the late process.
+    config.mesh.peer_timeout = 1800
     return config

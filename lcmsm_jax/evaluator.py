@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lcmsm_jax import inference, miou, sharding
+from lcmsm_jax import inference, miou, peers, sharding
 from lcmsm_jax.data import labels as label_tables
 from lcmsm_jax.data import pipeline
 from lcmsm_jax.progress import Progress
@@ -157,6 +157,19 @@ class Evaluator:
         )
         self._gather = jax.jit(lambda tree: tree, out_shardings=self.replicated)
         self._logits = jax.jit(self._logits_impl, out_shardings=self.batch_sharding)
+        self._compiled = {}  # multi-process: the step compiled per batch shape
+
+    def _run_step(self, weights, batch, total, with_predictions: bool):
+        """`self._step`; with several processes, each new batch shape is compiled first and
+        the processes wait for each other before running it (`lcmsm_jax/peers.py`)."""
+        if jax.process_count() == 1:
+            return self._step(*weights, batch, total, with_predictions=with_predictions)
+        key = (batch["image"].shape, batch["label"].shape, with_predictions)
+        if key not in self._compiled:
+            lowered = self._step.lower(*weights, batch, total, with_predictions=with_predictions)
+            self._compiled[key] = lowered.compile()
+            peers.wait_for_all("compiling the evaluation step")
+        return self._compiled[key](*weights, batch, total)
 
     def _logits_fn(self, params, batch_stats, text_features) -> inference.LogitsFn:
         """The network of `graphdef` with these weights as a `logits_fn` (single- or
@@ -235,9 +248,7 @@ class Evaluator:
                     for k in ("image", "label", "valid")
                 }
                 previous = total
-                total, pred = self._step(
-                    *weights, batch, total, with_predictions=on_predictions is not None
-                )
+                total, pred = self._run_step(weights, batch, total, on_predictions is not None)
                 if on_predictions is not None:
                     keep = np.asarray(local["valid"], bool)
                     on_predictions(

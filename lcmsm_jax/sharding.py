@@ -13,7 +13,8 @@ the same command; where its identity comes from is `config.mesh.cluster`:
     single.
 JAX's multi-controller runtime does the rest (on CPU its collectives are gloo's). A process
 whose peers do not all join within `config.mesh.init_timeout` seconds stops with an error
-naming the coordinator and the processes expected.
+naming the coordinator and the processes expected; later, processes wait for each other
+after compiling (`lcmsm_jax/peers.py`, `config.mesh.peer_timeout`).
 
 Mesh: 1-D, axis "data". The batch is split over it; under `jax.jit` with these shardings
 batch reductions (losses, BatchNorm statistics) are global: XLA inserts the cross-device
@@ -38,6 +39,8 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from lcmsm_jax import peers
 
 DATA_AXIS = "data"
 
@@ -228,6 +231,11 @@ def initialize_distributed(mesh_config: ml_collections.ConfigDict | None = None)
         raise DistributedStartupError(
             f"config.mesh.init_timeout = {timeout}: expected seconds >= 1"
         )
+    peer_timeout = float(_mesh_value(mesh_config, "peer_timeout", 1800))
+    if not peer_timeout >= 1:
+        raise DistributedStartupError(
+            f"config.mesh.peer_timeout = {peer_timeout:g}: expected seconds >= 1"
+        )
     if jax.config.jax_cpu_collectives_implementation is None:
         # Without cross-process collectives a CPU run would fail at its first all-reduce.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -257,6 +265,7 @@ def initialize_distributed(mesh_config: ml_collections.ConfigDict | None = None)
     except Exception as err:  # JAX raises its runtime's own error types
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise DistributedStartupError(f"{failed} ({reason})") from err
+    peers.introduce(peer_timeout)
     return plan
 
 

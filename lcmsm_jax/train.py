@@ -9,9 +9,11 @@ Nothing is lost on any way out (the guards are in `lcmsm_jax/guards.py`, saving,
 and the checks before resuming in `lcmsm_jax/run_state.py`):
   * every exit (return, error, signal) waits for the checkpoint being written in the
     background and closes the checkpoint manager;
-  * SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, checkpoint it and stop
-    with exit status 0 (`Preempted`); a second signal stops at once. In a multi-process run
-    JAX's preemption service picks a step that every process reaches;
+  * SIGTERM / SIGUSR1 / SIGINT (a scheduler's notice, Ctrl-C) finish the current step,
+    checkpoint it and stop with exit status 0 (`Preempted`); a repeated notice is ignored,
+    Ctrl-C after one stops at once. In a multi-process run JAX's preemption service picks a
+    step that every process reaches, and the processes wait for each other after compiling
+    (config.mesh.peer_timeout) so that none reaches a collective minutes before another;
   * a non-finite loss or training state stops the run before it is saved, naming the step,
     its batch and the last good checkpoint (all saved states are checked finite);
   * before the first compile, the workdir and checkpoint folder must be writable with room
@@ -46,6 +48,7 @@ from lcmsm_jax import (
     metrics_log,
     models,
     optim,
+    peers,
     progress,
     run_state,
     sharding,
@@ -135,7 +138,7 @@ def _check_train_keys(config: ml_collections.ConfigDict) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Run (or resume) training; returns the last logged metrics and evaluation results.
 
-    Raises Preempted (after checkpointing) on SIGTERM/SIGINT, NonFiniteLossError when the
+    Raises Preempted (after checkpointing) on SIGTERM/SIGUSR1/SIGINT, NonFiniteLossError when the
     loss or the state diverges, config_cli.UsageError when the workdir holds a run of
     another model, checkpoint.CheckpointError when none of the run's checkpoints reads.
     """
@@ -280,6 +283,11 @@ def _run(
                 "compilation cache)")  # fmt: skip
         for done in range(start + 1, end + 1):  # `done` = steps completed after this one
             batch, items = _next_batch(source_it, target_it, batch_sharding, target_labels)
+            if done == start + 1 and jax.process_count() > 1:
+                # Compile, then wait for the slowest process: the step's first collective
+                # gives up on a peer that is more than 30 s late (lcmsm_jax/peers.py).
+                train_step = train_step.lower(state, batch, rng).compile()
+                peers.wait_for_all("compiling the training step")
             state, metrics = train_step(state, batch, rng)
             images = metrics.pop("images", None)
             with storage.saving(directory, saved):  # a background save that failed

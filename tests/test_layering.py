@@ -24,6 +24,7 @@ LAYERS = {
             "metrics_log",
             "methods",
             "optim",
+            "peers",
             "progress",
             "state_dicts",
             "storage",
