@@ -3,7 +3,10 @@ through `config_cli.run_main`: user mistakes end in one line (exit 2 for usage, 
 and runtime failures) instead of a traceback; `--debug` or LCMSM_DEBUG=1 shows it."""
 
 import importlib
+import os
 import sys
+import traceback
+from typing import NoReturn
 
 from lcmsm_jax import config_cli
 
@@ -35,46 +38,77 @@ def run(prog: str, argv: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1 if exit_.code else 0
 
 
+def _multi_process() -> bool:
+    if "jax" not in sys.modules:  # nothing has started JAX's runtime
+        return False
+    import jax
+
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def command(prog: str) -> NoReturn:
+    """Run command `prog` with this process's arguments and exit with its status.
+
+    A failed process of a multi-process run leaves at once (`os._exit`): JAX's shutdown at
+    exit waits for every process, and the others may be waiting for this one (after
+    compiling, `lcmsm_jax/peers.py`, or in a collective), so the run would hang instead of
+    stopping; its launcher (srun --kill-on-bad-exit, launch/local.sh) stops the others when
+    it sees this process end.
+    """
+    try:
+        status = run(prog, sys.argv[1:])
+    except BaseException as err:  # an error shown with its traceback (run_main's choice)
+        if not _multi_process():
+            raise
+        traceback.print_exc()
+        status = 130 if isinstance(err, KeyboardInterrupt) else 1
+    if status and _multi_process():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def convert() -> None:
     """`lcmsm-convert`: PyTorch checkpoint -> orbax model checkpoint."""
-    sys.exit(run("lcmsm-convert", sys.argv[1:]))
+    command("lcmsm-convert")
 
 
 def embed_text() -> None:
     """`lcmsm-embed-text`: class-name prompts -> frozen OpenCLIP text embeddings (.npz)."""
-    sys.exit(run("lcmsm-embed-text", sys.argv[1:]))
+    command("lcmsm-embed-text")
 
 
 def benchmark() -> None:
     """`lcmsm-benchmark`: model forward timings, optionally next to PyTorch."""
-    sys.exit(run("lcmsm-benchmark", sys.argv[1:]))
+    command("lcmsm-benchmark")
 
 
 def prepare() -> None:
     """`lcmsm-prepare`: validate a dataset layout and write rare-class statistics."""
-    sys.exit(run("lcmsm-prepare", sys.argv[1:]))
+    command("lcmsm-prepare")
 
 
 def synthetic() -> None:
     """`lcmsm-synthetic`: the synthetic scenes as a GTA5 or Cityscapes dataset, or a preview."""
-    sys.exit(run("lcmsm-synthetic", sys.argv[1:]))
+    command("lcmsm-synthetic")
 
 
 def train() -> None:
     """`lcmsm-train`: run or resume training."""
-    sys.exit(run("lcmsm-train", sys.argv[1:]))
+    command("lcmsm-train")
 
 
 def demo() -> None:
     """`lcmsm-demo`: train a run and the methods it is compared with, then the table."""
-    sys.exit(run("lcmsm-demo", sys.argv[1:]))
+    command("lcmsm-demo")
 
 
 def evaluate() -> None:
     """`lcmsm-eval`: mIoU of a run's checkpoint; Cityscapes benchmark export."""
-    sys.exit(run("lcmsm-eval", sys.argv[1:]))
+    command("lcmsm-eval")
 
 
 def predict() -> None:
     """`lcmsm-predict`: trainId, colour and overlay PNGs for any images."""
-    sys.exit(run("lcmsm-predict", sys.argv[1:]))
+    command("lcmsm-predict")
