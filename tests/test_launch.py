@@ -7,6 +7,7 @@ collectives), orbax writing one checkpoint collectively, grain iterators per pro
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -173,6 +174,62 @@ def test_a_missing_peer_fails_within_the_timeout(tmp_path):
 # ----------------------------------------------------------------------------- launch scripts
 
 
+LATE_PEER = """
+import os, sys, time
+import jax
+from lcmsm_jax import peers, sharding
+
+sharding.initialize_distributed({"cluster": "explicit", "peer_timeout": float(sys.argv[1])})
+peers.REPORT_EVERY = 1.0
+if jax.process_index() == 1:
+    time.sleep(float(sys.argv[2]))
+try:
+    peers.wait_for_all("compiling the training step")
+except peers.PeerTimeout as err:
+    print(f"stopped: {err}", flush=True)
+    os._exit(1)
+print(f"process {jax.process_index()}: all arrived", flush=True)
+"""
+
+
+def start_late_peers(timeout: float, late_by: float) -> list[subprocess.Popen]:
+    """Two joined processes; process 1 waits `late_by` seconds before `peers.wait_for_all`."""
+    port = free_port()
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", LATE_PEER, str(timeout), str(late_by)],
+            env=child_env(LCMSM_COORDINATOR=f"localhost:{port}", LCMSM_NUM_PROCESSES="2",
+                          LCMSM_PROCESS_ID=str(i)),  # fmt: skip
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+
+
+def test_processes_wait_for_a_late_one_and_say_so():
+    children = start_late_peers(timeout=120, late_by=4)
+    outputs = [child.communicate(timeout=300)[0] for child in children]
+    assert "process 0: all arrived" in outputs[0] and "process 1: all arrived" in outputs[1]
+    pid = children[1].pid
+    assert re.search(rf"waiting for process 1 \(\S+ pid {pid}\) to finish compiling the "
+                     r"training step \(\d+ s so far, config.mesh.peer_timeout = 120 s\)",
+                     outputs[0]), outputs[0]  # fmt: skip
+
+
+def test_a_process_later_than_peer_timeout_stops_the_run_naming_it():
+    children = start_late_peers(timeout=3, late_by=60)
+    try:
+        first = children[0].communicate(timeout=300)[0]
+    finally:
+        children[1].kill()
+        children[1].communicate()
+    assert children[0].returncode == 1, first
+    pid = children[1].pid
+    assert re.search(rf"stopped: waited [3-9] s for process 1 \(\S+ pid {pid}\) to finish "
+                     r"compiling the training step \(config.mesh.peer_timeout = 3 s\); stopping",
+                     first), first  # fmt: skip
+
+
 def test_launch_scripts_pass_bash_n_and_shellcheck():
     scripts = sorted(p for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch"))
     assert {p.name for p in scripts} >= {"local.sh", "slurm.sbatch", "tpu_pod.sh"}
@@ -269,17 +326,51 @@ def max_relative_difference(a, b) -> float:
     return worst
 
 
+def train_command(tmp_path: Path, name: str, setup: str) -> Path:
+    """An executable `lcmsm-train` that first runs `setup` (Python; `train` and `os` are
+    imported): how these tests make one process late, slow or failing."""
+    script = tmp_path / name
+    head = "import os, sys, time\nfrom lcmsm_jax import cli, train"
+    tail = "cli.command('lcmsm-train')"
+    script.write_text(f"#!{sys.executable}\n{head}\n{setup}\n{tail}\n")
+    script.chmod(0o755)
+    return script
+
+
+def late_process_command(tmp_path: Path, process: int, seconds: float) -> Path:
+    """`lcmsm-train` whose process `process` reaches its first batch `seconds` late, as a
+    slow host, a cold compilation cache or a straggling data loader makes it."""
+    return train_command(tmp_path, "late-lcmsm-train", f"""
+if os.environ["LCMSM_PROCESS_ID"] == "{process}":
+    first_batch = train._next_batch
+    def late(*args, **kwargs):
+        train._next_batch = first_batch
+        time.sleep({seconds})
+        return first_batch(*args, **kwargs)
+    train._next_batch = late""")
+
+
+# Longer than the 30 s gloo waits for a peer at a program's first collective.
+LATE_BY = 45
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated-one-late", "fsdp"])
 def test_two_processes_train_like_one(tmp_path, one_process, fsdp, capsys):
     workdir = tmp_path / "two_processes"
     argv = ["--config", CONFIG, "--workdir", str(workdir), *RUN, "--config.mesh.data=-1",
             f"--config.mesh.fsdp={fsdp}"]  # fmt: skip
-    done = subprocess.run([str(LAUNCH / "local.sh"), "2", *argv], env=child_env(),
+    env = child_env()
+    if not fsdp:  # process 1 reaches its first step LATE_BY seconds after process 0
+        env["LCMSM_COMMAND"] = str(late_process_command(tmp_path, 1, LATE_BY))
+    started = time.monotonic()
+    done = subprocess.run([str(LAUNCH / "local.sh"), "2", *argv], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
     assert "mesh: 4 devices (cpu), 2 process(es)" in log
+    if not fsdp:
+        assert time.monotonic() - started > LATE_BY  # the delay did happen
     assert log.count("step 5/5") == 1  # process 0 speaks for the run
 
     # Losses of every step, and the final weights, as one process x 4 devices has them.
