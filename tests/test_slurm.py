@@ -3,9 +3,10 @@
 root). Each job is 2 tasks of one run (gloo between them, 2 CPU devices each).
 
   * a run stopped by `scancel --signal=TERM` (what `--signal=TERM@N` sends at a time limit:
-    every task, not srun), resubmitted, stopped again by a preemption from a higher-priority
-    partition, and resubmitted once more, has every step's losses of one uninterrupted
-    process on 4 devices; each stop leaves a checkpoint at the step reached and exit 0;
+    every task, not srun) while it compiles, resubmitted and stopped so again mid-run,
+    resubmitted and preempted by a job of a higher-priority partition, and submitted once
+    more, has every step's losses of one uninterrupted process on 4 devices; each stop
+    leaves a checkpoint at the step reached and exit 0;
   * a notice that reaches only the batch shell (`scancel --batch`) is passed on too;
   * a task that fails stops the other and the job reports the failing task.
 
@@ -110,7 +111,7 @@ def stopped_at(log: str) -> int:
     return int(found[0])
 
 
-def test_stopped_twice_and_resubmitted_the_run_matches_one_uninterrupted_process(
+def test_stopped_three_times_and_resubmitted_the_run_matches_one_uninterrupted_process(
     cluster, tmp_path
 ):
     slow = train_command(tmp_path, "slow-lcmsm-train", SLOW_STEP)
@@ -118,37 +119,48 @@ def test_stopped_twice_and_resubmitted_the_run_matches_one_uninterrupted_process
     argv = ["--config", CONFIG, "--workdir", str(workdir), *ARGS,
             "--config.compile_cache_dir=" + str(tmp_path / "cache")]  # fmt: skip
 
-    # 1. TERM to the job's tasks, as the time-limit warning (--signal=TERM@N) sends it.
+    # 1. TERM to the job's tasks, as the time-limit warning (--signal=TERM@N) sends it,
+    # while they compile: they agree on the first step they all reach and save it.
     job = submit(tmp_path, "first", argv, slow)
-    wait_for_line(tmp_path, "first", job, r"^step 3/")
+    wait_for_line(tmp_path, "first", job, r"^compiling the training step")
     subprocess.run(["scancel", "--signal=TERM", job], check=True, timeout=30)
     state, log = finish(tmp_path, "first", job)
     assert state == "COMPLETED 0:0", log[-4000:]
     first = stopped_at(log)
-    assert 3 <= first < STEPS and (workdir / "checkpoints" / str(first)).is_dir()
+    assert 1 <= first <= 3 and (workdir / "checkpoints" / str(first)).is_dir(), log[-4000:]
 
-    # 2. The same command resumes; a job of the urgent partition preempts it.
+    # 2. The same command resumes; TERM again, mid-run.
     job = submit(tmp_path, "second", argv, slow)
     wait_for_line(tmp_path, "second", job, rf"^step {first + 3}/")
+    subprocess.run(["scancel", "--signal=TERM", job], check=True, timeout=30)
+    state, log = finish(tmp_path, "second", job)
+    assert state == "COMPLETED 0:0", log[-4000:]
+    assert f"initial weights: resumed from {workdir / 'checkpoints' / str(first)}" in log
+    second = stopped_at(log)
+    assert first + 3 <= second < STEPS and (workdir / "checkpoints" / str(second)).is_dir()
+
+    # 3. Resumed again; a job of the urgent partition preempts it.
+    job = submit(tmp_path, "third", argv, slow)
+    wait_for_line(tmp_path, "third", job, rf"^step {second + 3}/")
     urgent = subprocess.run(
         ["sbatch", "--parsable", "--partition=urgent", "--ntasks=2", "--cpus-per-task=1",
          f"--output={tmp_path}/urgent-%j.out", "--wrap", "true"],
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout.strip()  # fmt: skip
-    state, log = finish(tmp_path, "second", job)
+    state, log = finish(tmp_path, "third", job)
     assert state == "COMPLETED 0:0", log[-4000:]
-    assert f"initial weights: resumed from {workdir / 'checkpoints' / str(first)}" in log
-    second = stopped_at(log)
-    assert first + 3 <= second < STEPS
+    assert f"initial weights: resumed from {workdir / 'checkpoints' / str(second)}" in log
+    third = stopped_at(log)
+    assert second + 3 <= third < STEPS
     finish(tmp_path, "urgent", urgent)
 
-    # 3. Resubmitted again, the run completes.
-    job = submit(tmp_path, "third", argv, slow)
-    state, log = finish(tmp_path, "third", job)
+    # 4. Submitted once more, the run completes.
+    job = submit(tmp_path, "fourth", argv, slow)
+    state, log = finish(tmp_path, "fourth", job)
     assert state == "COMPLETED 0:0", log[-4000:]
     assert f"step {STEPS}/{STEPS}" in log and "preempted" not in log
 
-    # Every step's losses, across the three jobs, are one uninterrupted process's.
+    # Every step's losses, across the four jobs, are one uninterrupted process's.
     reference = tmp_path / "one_process"
     assert train.main(["--config", CONFIG, "--workdir", str(reference), *ARGS,
                        "--config.mesh.data=4"]) == 0  # fmt: skip
