@@ -17,7 +17,7 @@ def model_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype; parameters stay float32
     model.depthwise_impl = "auto"  # auto | conv | shifted_sum (auto: shifted_sum on CPU)
     # none | block | stage: recompute MiT blocks (stages) in backward. "block" (with
-    # train.backward = "per_pass") is what lets the paper's step fit in 20 GB (README).
+    # train.backward = "per_pass") is what lets the paper's step fit in 20 GB (docs/performance.md).
     model.remat = "block"
     model.scan_blocks = True  # each MiT stage's blocks as one scanned layer (False: unrolled)
     model.head_remat = False  # recompute both heads' trunks (embeddings + ASPP) in backward
@@ -228,7 +228,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Shard parameters and optimiser state over the data axis too (FSDP / ZeRO-3); off: the
     # MiT-B5 LC-MSM state is ~2.2 GB per device, activations dominate.
     config.mesh.fsdp = False
-    # Multi-process start-up (lcmsm_jax/sharding.py; README "Scaling"): every process runs the
+    # Multi-process start-up (lcmsm_jax/sharding.py; docs/scaling.md): every process runs the
     # same command. auto | single | explicit | slurm | tpu (auto: the first one set up).
     config.mesh.cluster = "auto"
     config.mesh.coordinator = ""  # explicit: host:port of process 0 (or $LCMSM_COORDINATOR)

@@ -264,7 +264,7 @@ def _build_error(model_name: str, pretrained: str | None, e: Exception) -> Model
     if pretrained is not None:
         hint = (
             "; without internet, download the checkpoint file on another machine and pass its "
-            "path to --pretrained (see the README)"
+            "path to --pretrained (see docs/text-embeddings.md)"
         )
     return ModelError(f"could not build OpenCLIP {model_name}: {_one_line(e)}{hint}")
 

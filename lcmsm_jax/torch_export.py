@@ -7,7 +7,7 @@ Linear kernels (in, out) -> (out, in), conv kernels HWIO -> OIHW (a depthwise (k
 -> (C, 1, k, k)), BatchNorm statistics as `running_mean` / `running_var` with a
 `num_batches_tracked` counter. A multi-resolution model is written in HRDA's layout: each
 wrapped head under `<head>.head.*`, its scale attention under `<head>.scale_attention.*`.
-docs/method.md §2.2 (stacked blocks) and the README's "Checkpoints" section.
+docs/method.md §2.2 (stacked blocks) and docs/evaluation.md ("Checkpoints").
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ validated file list.
   python tools/prepare_tfds.py --dataset cityscapes --manual-dir /data/zips --data-dir /data/tfds
 
 Read back: --config.data.source.format=tfds --config.data.source.tfds_data_dir=/data/tfds
-(README "Data"), or `tfds_source.open_tfds("gta5", "all", data_dir="/data/tfds")`.
+(docs/data.md), or `tfds_source.open_tfds("gta5", "all", data_dir="/data/tfds")`.
 """
 
 import io

@@ -190,7 +190,7 @@ def _warn_empty_candidates(counts: np.ndarray, min_pixels: int, name: str) -> No
 def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("dataset", None, sorted(sources.LAYOUTS), "Which dataset ROOT holds.",
                       flag_values=fv)  # fmt: skip
-    flags.DEFINE_string("root", None, "The dataset folder (see README for layouts).",
+    flags.DEFINE_string("root", None, "The dataset folder (layouts: docs/data.md).",
                         flag_values=fv)  # fmt: skip
     flags.DEFINE_string("splits", None,
                         "Comma-separated splits to check (default: all the dataset has).",

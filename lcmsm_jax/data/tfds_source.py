@@ -132,7 +132,7 @@ class TfdsSource:
                 where = self.data_dir or os.environ.get("TFDS_DATA_DIR", "TFDS' default folder")
                 raise FileNotFoundError(
                     f"{self!r}: no ArrayRecord build of {self.name} in {where}; build it "
-                    "with tools/prepare_tfds.py (README, Data) or set the data folder"
+                    "with tools/prepare_tfds.py (docs/data.md) or set the data folder"
                 ) from e
         return self._records
 
