@@ -43,8 +43,7 @@ ARGS = [*RUN, f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=
 def cluster() -> None:
     """A one-node cluster with partitions debug (default) and urgent (preempts debug)."""
     done = subprocess.run(
-        [str(ROOT / "tools" / "local_slurm.sh")], env={**os.environ, "LCMSM_SLURM_GRACE": "120"},
-        capture_output=True, text=True, timeout=900,
+        [str(ROOT / "tools" / "local_slurm.sh")], capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     if done.returncode != 0:
         reason = f"no SLURM cluster on this machine: {(done.stdout + done.stderr).strip()}"

@@ -461,16 +461,22 @@ def test_a_repeated_notice_is_ignored_and_ctrl_c_after_one_stops_at_once():
     from lcmsm_jax.guards import StopSignals
 
     wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    handlers = [signal.getsignal(sig) for sig in wanted]
-    with StopSignals() as stop:
-        signal.raise_signal(signal.SIGUSR1)
-        assert stop.received == "SIGUSR1"
-        signal.raise_signal(signal.SIGTERM)  # would end the process if it were not caught
-        signal.raise_signal(signal.SIGUSR1)
-        assert stop.received == "SIGUSR1" and stop.requested(1, manager=None)
-        with pytest.raises(KeyboardInterrupt):  # the previous (pytest's) SIGINT handler
-            signal.raise_signal(signal.SIGINT)
-    assert [signal.getsignal(sig) for sig in wanted] == handlers
+    interrupted = []  # what the handler in place before (here: a known one) receives
+    before = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        handlers = [signal.getsignal(sig) for sig in wanted]
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGUSR1)
+            assert stop.received == "SIGUSR1"
+            signal.raise_signal(signal.SIGTERM)  # would end the process if it were not caught
+            signal.raise_signal(signal.SIGUSR1)
+            assert stop.received == "SIGUSR1" and stop.requested(1, manager=None)
+            assert interrupted == []
+            signal.raise_signal(signal.SIGINT)  # handed to the previous handler: at once
+            assert interrupted == [signal.SIGINT]
+        assert [signal.getsignal(sig) for sig in wanted] == handlers
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_signal_during_set_up_stops_before_the_first_step(tmp_path, monkeypatch):
