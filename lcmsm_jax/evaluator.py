@@ -167,8 +167,7 @@ class Evaluator:
         key = (batch["image"].shape, batch["label"].shape, with_predictions)
         if key not in self._compiled:
             lowered = self._step.lower(*weights, batch, total, with_predictions=with_predictions)
-            self._compiled[key] = lowered.compile()
-            peers.wait_for_all("compiling the evaluation step")
+            self._compiled[key] = peers.compile_and_wait(lowered, "the evaluation step")
         return self._compiled[key](*weights, batch, total)
 
     def _logits_fn(self, params, batch_stats, text_features) -> inference.LogitsFn:

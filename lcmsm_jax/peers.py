@@ -59,6 +59,19 @@ def _describe(process: int) -> str:
     return f"process {process} ({who})"
 
 
+def _describe_all(processes: list[int]) -> str:
+    return ", ".join(_describe(i) for i in processes)
+
+
+def compile_and_wait(lowered: jax.stages.Lowered, what: str) -> jax.stages.Compiled:
+    """Compile `lowered`, then wait for every process to have compiled it too (`what` names
+    the program in the messages); call it for a program with cross-process collectives
+    before its first run."""
+    compiled = lowered.compile()
+    wait_for_all(f"compiling {what}")
+    return compiled
+
+
 def wait_for_all(what: str, timeout: float | None = None) -> None:
     """Return once every process of the run has called this for `what` (the same calls in
     the same order on every process); nothing for a single process.
@@ -84,16 +97,15 @@ def wait_for_all(what: str, timeout: float | None = None) -> None:
         if not missing:
             return
         now = time.monotonic()
-        late = ", ".join(_describe(i) for i in missing)
         if now - started >= timeout:
             raise PeerTimeout(
-                f"waited {now - started:.0f} s for {late} to finish {what} "
+                f"waited {now - started:.0f} s for {_describe_all(missing)} to finish {what} "
                 f"(config.mesh.peer_timeout = {timeout:g} s); stopping the run"
             )
         if now - reported >= REPORT_EVERY:
             reported = now
-            say(f"waiting for {late} to finish {what} ({now - started:.0f} s so far, "
-                f"config.mesh.peer_timeout = {timeout:g} s)")  # fmt: skip
+            say(f"waiting for {_describe_all(missing)} to finish {what} ({now - started:.0f} s "
+                f"so far, config.mesh.peer_timeout = {timeout:g} s)")  # fmt: skip
         until = min(timeout - (now - started), REPORT_EVERY - (now - reported), 5.0)
         remaining = max(1, int(1000 * until))
         try:  # wakes as soon as the first missing process arrives

@@ -286,8 +286,8 @@ def _run(
             if done == start + 1 and jax.process_count() > 1:
                 # Compile, then wait for the slowest process: the step's first collective
                 # gives up on a peer that is more than 30 s late (lcmsm_jax/peers.py).
-                train_step = train_step.lower(state, batch, rng).compile()
-                peers.wait_for_all("compiling the training step")
+                lowered = train_step.lower(state, batch, rng)
+                train_step = peers.compile_and_wait(lowered, "the training step")
             state, metrics = train_step(state, batch, rng)
             images = metrics.pop("images", None)
             with storage.saving(directory, saved):  # a background save that failed
